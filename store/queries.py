@@ -1,0 +1,275 @@
+"""Reads for the dashboard and the CLI: pandas DataFrames or entity dataclasses.
+
+All SQL is built from SQLAlchemy constructs with bound parameters; user-supplied filter names
+are checked against the known column names, never pasted into SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from sqlalchemy import DateTime, Float, Integer, Select, Table, and_, case, func, or_, select
+from sqlalchemy.engine import Engine
+
+from .blobs import BlobStore
+from .db import read_connection
+from .entities import BlobRef, SampleRow, SweepRecord, UnitKey, UnitRecord, UnitResult
+from .repository import (
+    KEY_COLUMNS,
+    blobs_t,
+    configs_t,
+    results_t,
+    samples_t,
+    summaries_t,
+    sweeps_t,
+    units_t,
+)
+from .entities import UNIT_STATUSES
+from .schema import UtcDateTime, v_task_scores, v_unit_results
+
+FilterValues = Any  # a scalar or an iterable of allowed values (None matches NULL)
+
+# Columns of v_unit_results that `result_frame(filters=...)` accepts.
+RESULT_FILTER_COLUMNS: frozenset[str] = frozenset(v_unit_results.c.keys())
+TASK_SCORE_FILTER_COLUMNS: frozenset[str] = frozenset(v_task_scores.c.keys())
+
+
+def _frame(engine: Engine, stmt: Select[Any]) -> pd.DataFrame:
+    with read_connection(engine) as conn:
+        result = conn.execute(stmt)
+        df = pd.DataFrame(result.all(), columns=list(result.keys()))
+    # Give columns the dtype of their SQL type even when they hold NULLs (which would
+    # otherwise leave them as object columns of None): NaN floats, nullable Int64, UTC times.
+    for col in stmt.selected_columns:
+        name = col.key
+        if name not in df.columns:
+            continue
+        if isinstance(col.type, Float):
+            df[name] = pd.to_numeric(df[name]).astype("float64")
+        elif isinstance(col.type, Integer) and df[name].isna().any():
+            df[name] = df[name].astype("Int64")
+        elif isinstance(col.type, (DateTime, UtcDateTime)):
+            df[name] = pd.to_datetime(df[name], utc=True)
+    return df
+
+
+def _values(value: FilterValues) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return [value]
+    return list(value)
+
+
+def _where(table: Table, filters: Mapping[str, FilterValues], allowed: frozenset[str]) -> list[Any]:
+    """Conditions `column IN (...)` for each filter; unknown names raise ValueError."""
+    unknown = sorted(set(filters) - allowed)
+    if unknown:
+        raise ValueError(f"unknown filter column(s) {unknown}; allowed: {sorted(allowed)}")
+    conds = []
+    for name, value in filters.items():
+        col = table.c[name]
+        vals = _values(value)
+        non_null = [v for v in vals if v is not None]
+        cond = col.in_(non_null)
+        conds.append(or_(cond, col.is_(None)) if len(non_null) < len(vals) else cond)
+    return conds
+
+
+def _common(sweep_id: FilterValues, models: FilterValues, tasks: FilterValues,
+            methods: FilterValues) -> dict[str, FilterValues]:
+    named = {"sweep_id": sweep_id, "model_id": models, "task": tasks, "method": methods}
+    return {k: v for k, v in named.items() if v is not None}
+
+
+# --- sweeps and units -------------------------------------------------------------------------
+def list_sweeps(engine: Engine) -> pd.DataFrame:
+    """One row per sweep, newest first, with unit counts per status."""
+    counts = [func.coalesce(func.sum(case((units_t.c.status == s, 1), else_=0)), 0)
+              .label(f"n_{s}") for s in UNIT_STATUSES]
+    stmt = (select(sweeps_t.c.sweep_id, sweeps_t.c.name, sweeps_t.c.status,
+                   sweeps_t.c.created_by, sweeps_t.c.created_at, sweeps_t.c.finished_at,
+                   func.count(units_t.c.unit_id).label("n_units"), *counts)
+            .select_from(sweeps_t.outerjoin(units_t, units_t.c.sweep_id == sweeps_t.c.sweep_id))
+            .group_by(*(sweeps_t.c[n] for n in ("sweep_id", "name", "status", "created_by",
+                                                "created_at", "finished_at")))
+            .order_by(sweeps_t.c.created_at.desc(), sweeps_t.c.sweep_id))
+    return _frame(engine, stmt)
+
+
+def get_sweep(engine: Engine, sweep_id: str) -> SweepRecord | None:
+    with read_connection(engine) as conn:
+        row = conn.execute(select(sweeps_t).where(sweeps_t.c.sweep_id == sweep_id)).first()
+    if row is None:
+        return None
+    return SweepRecord(sweep_id=row.sweep_id, name=row.name, spec=row.spec,
+                       created_by=row.created_by, created_at=row.created_at,
+                       status=row.status, finished_at=row.finished_at)
+
+
+def unit_status(engine: Engine, sweep_id: str, statuses: FilterValues = None) -> pd.DataFrame:
+    """The units of a sweep with their status, attempts, worker, timing and last error."""
+    stmt = (select(units_t.c.unit_id, *(units_t.c[n] for n in KEY_COLUMNS), configs_t.c.method,
+                   units_t.c.status, units_t.c.attempts, units_t.c.worker, units_t.c.device,
+                   units_t.c.started_at, units_t.c.finished_at, units_t.c.error)
+            .join(configs_t, configs_t.c.config_id == units_t.c.config_id)
+            .where(units_t.c.sweep_id == sweep_id)
+            .order_by(units_t.c.model_id, units_t.c.config_id, units_t.c.task, units_t.c.shard))
+    if statuses is not None:
+        stmt = stmt.where(units_t.c.status.in_(_values(statuses)))
+    return _frame(engine, stmt)
+
+
+def unit_record(engine: Engine, key: UnitKey) -> UnitRecord | None:
+    with read_connection(engine) as conn:
+        row = conn.execute(select(units_t).where(
+            *(units_t.c[n] == getattr(key, n) for n in KEY_COLUMNS))).first()
+    if row is None:
+        return None
+    return UnitRecord(key=key, status=row.status, attempts=row.attempts, worker=row.worker,
+                      device=row.device, started_at=row.started_at,
+                      finished_at=row.finished_at, error=row.error)
+
+
+def failures(engine: Engine, sweep_id: str | None = None) -> pd.DataFrame:
+    """Failed units, and units waiting for a retry after an error, with the error text."""
+    stmt = (select(*(units_t.c[n] for n in KEY_COLUMNS), units_t.c.status, units_t.c.attempts,
+                   units_t.c.worker, units_t.c.device, units_t.c.finished_at, units_t.c.error)
+            .where(or_(units_t.c.status == "failed",
+                       and_(units_t.c.error.is_not(None),
+                            units_t.c.status.in_(["pending", "running"]))))
+            .order_by(units_t.c.finished_at.desc(), units_t.c.unit_id))
+    if sweep_id is not None:
+        stmt = stmt.where(units_t.c.sweep_id == sweep_id)
+    return _frame(engine, stmt)
+
+
+def throughput(engine: Engine, sweep_id: str | None = None, freq: str = "5min") -> pd.DataFrame:
+    """Finished units and samples per time bucket of `freq` (pandas offset), plus the
+    cumulative unit count: columns bucket, units, samples, cumulative_units."""
+    stmt = (select(units_t.c.finished_at, summaries_t.c.n_samples)
+            .join(summaries_t, summaries_t.c.unit_id == units_t.c.unit_id)
+            .where(units_t.c.status == "done", units_t.c.finished_at.is_not(None)))
+    if sweep_id is not None:
+        stmt = stmt.where(units_t.c.sweep_id == sweep_id)
+    df = _frame(engine, stmt)
+    if df.empty:
+        return pd.DataFrame({"bucket": pd.Series(dtype="datetime64[us, UTC]"),
+                             "units": pd.Series(dtype="int64"),
+                             "samples": pd.Series(dtype="int64"),
+                             "cumulative_units": pd.Series(dtype="int64")})
+    df["finished_at"] = pd.to_datetime(df["finished_at"], utc=True)
+    out = (df.set_index("finished_at").sort_index()
+           .resample(freq).agg(units=("n_samples", "size"), samples=("n_samples", "sum"))
+           .reset_index().rename(columns={"finished_at": "bucket"}))
+    out["cumulative_units"] = out["units"].cumsum()
+    return out
+
+
+# --- results ----------------------------------------------------------------------------------
+def result_frame(engine: Engine, sweep_id: FilterValues = None, models: FilterValues = None,
+                 tasks: FilterValues = None, methods: FilterValues = None,
+                 filters: Mapping[str, FilterValues] | None = None) -> pd.DataFrame:
+    """Rows of v_unit_results (one per finished unit), filtered by sweep/model/task/method and
+    by `filters`: column name -> allowed value(s), e.g. {"key_bits_normal": [2, 4]}."""
+    conds = _where(v_unit_results, {**_common(sweep_id, models, tasks, methods),
+                                    **(filters or {})}, RESULT_FILTER_COLUMNS)
+    stmt = (select(v_unit_results).where(*conds)
+            .order_by(v_unit_results.c.sweep_id, v_unit_results.c.model_id,
+                      v_unit_results.c.config_id, v_unit_results.c.task, v_unit_results.c.shard))
+    return _frame(engine, stmt)
+
+
+def baseline_deltas(engine: Engine, sweep_id: FilterValues = None, models: FilterValues = None,
+                    tasks: FilterValues = None, methods: FilterValues = None,
+                    filters: Mapping[str, FilterValues] | None = None) -> pd.DataFrame:
+    """Rows of v_task_scores: per sweep x model x config x task, shards aggregated (weighted by
+    n_samples), with baseline_score and score_delta against method='none'."""
+    conds = _where(v_task_scores, {**_common(sweep_id, models, tasks, methods),
+                                   **(filters or {})}, TASK_SCORE_FILTER_COLUMNS)
+    stmt = (select(v_task_scores).where(*conds)
+            .order_by(v_task_scores.c.sweep_id, v_task_scores.c.model_id,
+                      v_task_scores.c.task, v_task_scores.c.config_id))
+    return _frame(engine, stmt)
+
+
+def metric_frame(engine: Engine, sweep_id: str, metrics: FilterValues = None) -> pd.DataFrame:
+    """Long format: one row per unit x metric (all metrics, not only the summary ones)."""
+    stmt = (select(*(units_t.c[n] for n in KEY_COLUMNS), results_t.c.metric, results_t.c.value)
+            .join(results_t, results_t.c.unit_id == units_t.c.unit_id)
+            .where(units_t.c.sweep_id == sweep_id)
+            .order_by(units_t.c.unit_id, results_t.c.metric))
+    if metrics is not None:
+        stmt = stmt.where(results_t.c.metric.in_(_values(metrics)))
+    return _frame(engine, stmt)
+
+
+def _unit_id_query(key: UnitKey) -> Any:
+    return select(units_t.c.unit_id).where(
+        *(units_t.c[n] == getattr(key, n) for n in KEY_COLUMNS)).scalar_subquery()
+
+
+def samples_frame(engine: Engine, key: UnitKey) -> pd.DataFrame:
+    stmt = (select(samples_t.c.sample_id, samples_t.c.prediction, samples_t.c.answers,
+                   samples_t.c.score, samples_t.c.prompt_tokens, samples_t.c.extra)
+            .where(samples_t.c.unit_id == _unit_id_query(key)).order_by(samples_t.c.sample_id))
+    return _frame(engine, stmt)
+
+
+def trace_refs(engine: Engine, key: UnitKey) -> dict[str, BlobRef]:
+    """The trace blobs of a unit by kind."""
+    stmt = select(blobs_t).where(blobs_t.c.unit_id == _unit_id_query(key))
+    with read_connection(engine) as conn:
+        rows = conn.execute(stmt).all()
+    return {r.kind: BlobRef(kind=r.kind, uri=r.uri, sha256=r.sha256, bytes=r.bytes,
+                            row_count=r.row_count, schema_json=r.schema_json) for r in rows}
+
+
+def load_trace(engine: Engine, blobs: BlobStore, key: UnitKey, kind: str) -> pa.Table:
+    """A unit's trace table, verified against its sha256 (BlobCorruptedError otherwise)."""
+    refs = trace_refs(engine, key)
+    if kind not in refs:
+        raise KeyError(f"unit {key} has no trace {kind!r}; it has {sorted(refs)}")
+    return blobs.get_table(refs[kind])
+
+
+def load_unit_result(engine: Engine, blobs: BlobStore | None, key: UnitKey) -> UnitResult | None:
+    """A stored unit back as a UnitResult (traces loaded only when `blobs` is given)."""
+    uid = _unit_id_query(key)
+    with read_connection(engine) as conn:
+        summ = conn.execute(select(summaries_t).where(summaries_t.c.unit_id == uid)).first()
+        if summ is None:
+            return None
+        config = conn.scalar(select(configs_t.c.config_json)
+                             .where(configs_t.c.config_id == key.config_id))
+        metrics = {r.metric: r.value for r in conn.execute(
+            select(results_t.c.metric, results_t.c.value).where(results_t.c.unit_id == uid))}
+        samples = [SampleRow(sample_id=r.sample_id, prediction=r.prediction,
+                             answers=list(r.answers), score=r.score,
+                             prompt_tokens=r.prompt_tokens, extra=dict(r.extra))
+                   for r in conn.execute(select(samples_t).where(samples_t.c.unit_id == uid)
+                                         .order_by(samples_t.c.sample_id))]
+    traces = ({kind: blobs.get_table(ref) for kind, ref in trace_refs(engine, key).items()}
+              if blobs is not None else {})
+    return UnitResult(
+        key=key, config=dict(config or {}), method=summ.method, metrics=metrics,
+        n_samples=summ.n_samples, avg_key_bits=summ.avg_key_bits,
+        avg_value_bits=summ.avg_value_bits, kv_bytes=summ.kv_bytes,
+        fp16_kv_bytes=summ.fp16_kv_bytes, compression_ratio=summ.compression_ratio,
+        outlier_ratio=summ.outlier_ratio, prefill_tokens_per_s=summ.prefill_tokens_per_s,
+        decode_tokens_per_s=summ.decode_tokens_per_s, peak_memory_bytes=summ.peak_memory_bytes,
+        environment=dict(summ.environment), samples=samples, traces=traces,
+        worker=summ.worker or "", device=summ.device or "", started_at=summ.started_at,
+        finished_at=summ.finished_at)
+
+
+def unreferenced_blobs(engine: Engine, blobs: BlobStore) -> list[str]:
+    """Blob files no row refers to (left by crashed or replaced writes).
+
+    Only delete ones older than any write in progress: a writer stores its blobs before the
+    transaction that references them commits.
+    """
+    with read_connection(engine) as conn:
+        referenced = set(conn.scalars(select(blobs_t.c.uri).distinct()))
+    return sorted(set(blobs.iter_uris()) - referenced)

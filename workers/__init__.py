@@ -1,0 +1,1 @@
+"""Evaluation layer: LongBench tasks, official metrics, data loading, prompts, synthetic tasks."""

@@ -1,0 +1,210 @@
+"""Tasks as data: the prompt, generation budget and metric of every evaluation task.
+
+The 16 English LongBench v1 tasks copy the official harness (THUDM/LongBench):
+`config/dataset2prompt.json` for the templates (verbatim, including their odd spacing),
+`config/dataset2maxlen.json` for `max_new_tokens` (samsum and multi_news, absent from the
+root copy of that file, use the 128 and 512 of the `LongBench/` copy), the list in
+`pred.py` of tasks that skip the chat template, the list in `eval.py` of tasks scored on the
+first line of the prediction, and `eval.py`'s `dataset2metric`.
+
+The three `*_synth` tasks are generated offline by `workers.synthetic`; their templates
+mirror the official task they imitate. Bump a task's `version` whenever its template or
+generator changes, so stored results never mix two definitions under one name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MetricName = Literal["qa_f1", "rouge", "classification", "retrieval", "count", "code_sim"]
+
+LONGBENCH_VERSION = "longbench-v1"
+SYNTHETIC_VERSION = "synthetic-v1"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task. `prompt_template` is filled with `str.format(context=..., input=...)`."""
+
+    name: str
+    prompt_template: str
+    max_new_tokens: int
+    metric: MetricName
+    # pred.py wraps the prompt in the model's chat format except for the few-shot and code
+    # tasks, whose prompts already end in the pattern the model must continue.
+    use_chat_template: bool
+    # eval.py scores only the first line for the few-shot tasks, whose models tend to go on
+    # with the next in-context example.
+    first_line_only: bool
+    version: str
+
+
+# Shared by hotpotqa, 2wikimqa and musique in the official config.
+_MULTIDOC_QA = (
+    "Answer the question based on the given passages. Only give me the answer and do not output any other words."
+    "\n\nThe following are given passages.\n{context}\n\n"
+    "Answer the question based on the given passages. Only give me the answer and do not output any other words."
+    "\n\nQuestion: {input}\nAnswer:"
+)
+
+_QASPER = (
+    "You are given a scientific article and a question. Answer the question as concisely as you can, "
+    "using a single phrase or sentence if possible. If the question cannot be answered based on the "
+    'information in the article, write "unanswerable". If the question is a yes/no question, answer '
+    '"yes", "no", or "unanswerable". Do not provide any explanation.\n\nArticle: {context}\n\n '
+    "Answer the question based on the above article as concisely as you can, using a single phrase or "
+    "sentence if possible. If the question cannot be answered based on the information in the article, "
+    'write "unanswerable". If the question is a yes/no question, answer "yes", "no", or "unanswerable". '
+    "Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:"
+)
+
+_NARRATIVEQA = (
+    "You are given a story, which can be either a novel or a movie script, and a question. Answer the "
+    "question as concisely as you can, using a single phrase if possible. Do not provide any explanation."
+    "\n\nStory: {context}\n\nNow, answer the question based on the story as concisely as you can, using a "
+    "single phrase if possible. Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:"
+)
+
+_PASSAGE_COUNT = (
+    "There are some paragraphs below sourced from Wikipedia. Some of them may be duplicates. Please "
+    "carefully read these paragraphs and determine how many unique paragraphs there are after removing "
+    "duplicates. In other words, how many non-repeating paragraphs are there in total?\n\n{context}\n\n"
+    "Please enter the final count of unique paragraphs after removing duplicates. The output format "
+    "should only contain the number, such as 1, 2, 3, and so on.\n\nThe final answer is: "
+)
+
+_PASSAGE_RETRIEVAL_TAIL = (
+    "\n\n{context}\n\nThe following is an abstract.\n\n{input}\n\nPlease enter the number of the paragraph "
+    'that the abstract is from. The answer format must be like "Paragraph 1", "Paragraph 2", etc.\n\n'
+    "The answer is: "
+)
+
+
+def _longbench(
+    name: str, template: str, max_new_tokens: int, metric: MetricName, *, chat: bool = True, first_line: bool = False
+) -> TaskSpec:
+    return TaskSpec(name, template, max_new_tokens, metric, chat, first_line, LONGBENCH_VERSION)
+
+
+def _synthetic(name: str, template: str, max_new_tokens: int, metric: MetricName) -> TaskSpec:
+    return TaskSpec(name, template, max_new_tokens, metric, True, False, SYNTHETIC_VERSION)
+
+
+_LONGBENCH_SPECS: tuple[TaskSpec, ...] = (
+    _longbench("narrativeqa", _NARRATIVEQA, 128, "qa_f1"),
+    _longbench("qasper", _QASPER, 128, "qa_f1"),
+    _longbench(
+        "multifieldqa_en",
+        "Read the following text and answer briefly.\n\n{context}\n\nNow, answer the following question based "
+        "on the above text, only give me the answer and do not output any other words.\n\nQuestion: {input}\nAnswer:",
+        64,
+        "qa_f1",
+    ),
+    _longbench("hotpotqa", _MULTIDOC_QA, 32, "qa_f1"),
+    _longbench("2wikimqa", _MULTIDOC_QA, 32, "qa_f1"),
+    _longbench("musique", _MULTIDOC_QA, 32, "qa_f1"),
+    _longbench(
+        "gov_report",
+        "You are given a report by a government agency. Write a one-page summary of the report.\n\nReport:\n"
+        "{context}\n\nNow, write a one-page summary of the report.\n\nSummary:",
+        512,
+        "rouge",
+    ),
+    _longbench(
+        "qmsum",
+        "You are given a meeting transcript and a query containing a question or instruction. Answer the query "
+        "in one or more sentences.\n\nTranscript:\n{context}\n\nNow, answer the query based on the above meeting "
+        "transcript in one or more sentences.\n\nQuery: {input}\nAnswer:",
+        512,
+        "rouge",
+    ),
+    _longbench(
+        "multi_news",
+        "You are given several news passages. Write a one-page summary of all news. \n\nNews:\n{context}\n\n"
+        "Now, write a one-page summary of all the news.\n\nSummary:",
+        512,
+        "rouge",
+    ),
+    _longbench(
+        "trec",
+        "Please determine the type of the question below. Here are some examples of questions.\n\n{context}\n{input}",
+        64,
+        "classification",
+        chat=False,
+        first_line=True,
+    ),
+    _longbench(
+        "triviaqa",
+        "Answer the question based on the given passage. Only give me the answer and do not output any other "
+        "words. The following are some examples.\n\n{context}\n\n{input}",
+        32,
+        "qa_f1",
+        chat=False,
+        first_line=True,
+    ),
+    _longbench(
+        "samsum",
+        "Summarize the dialogue into a few short sentences. The following are some examples.\n\n{context}\n\n{input}",
+        128,
+        "rouge",
+        chat=False,
+        first_line=True,
+    ),
+    _longbench("passage_count", _PASSAGE_COUNT, 32, "count"),
+    _longbench(
+        "passage_retrieval_en",
+        "Here are 30 paragraphs from Wikipedia, along with an abstract. Please determine which paragraph the "
+        "abstract is from." + _PASSAGE_RETRIEVAL_TAIL,
+        32,
+        "retrieval",
+    ),
+    _longbench(
+        "lcc", "Please complete the code given below. \n{context}Next line of code:\n", 64, "code_sim", chat=False
+    ),
+    _longbench(
+        "repobench-p",
+        "Please complete the code given below. \n{context}{input}Next line of code:\n",
+        64,
+        "code_sim",
+        chat=False,
+    ),
+)
+
+_SYNTHETIC_SPECS: tuple[TaskSpec, ...] = (
+    # passage_retrieval_en's prompt, minus its fixed "30": the paragraph count is a parameter.
+    _synthetic(
+        "passage_retrieval_synth",
+        "Here are some paragraphs from Wikipedia, along with an abstract. Please determine which paragraph the "
+        "abstract is from." + _PASSAGE_RETRIEVAL_TAIL,
+        32,
+        "retrieval",
+    ),
+    # passage_count's prompt unchanged: it names no paragraph count.
+    _synthetic("passage_count_synth", _PASSAGE_COUNT, 32, "count"),
+    # A needle in WikiText filler. qa_f1 turns the code into one token (hyphens are punctuation),
+    # so the score is 1 only for the bare code and 0 for any other code: exact retrieval that
+    # still docks a verbose answer, as the LongBench QA tasks do. 64 tokens leave room for
+    # tokenizers that split hex digits one by one.
+    _synthetic(
+        "kv_retrieval_synth",
+        "There is a secret code hidden in the text below. Read the text and remember the code.\n\n{context}\n\n"
+        "Now, answer the question based on the text above. Only give me the code and do not output any other "
+        "words.\n\nQuestion: {input}\nAnswer:",
+        64,
+        "qa_f1",
+    ),
+)
+
+LONGBENCH_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _LONGBENCH_SPECS)
+SYNTHETIC_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _SYNTHETIC_SPECS)
+LONGBENCH_TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _LONGBENCH_SPECS + _SYNTHETIC_SPECS}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The registered task called `name`; ValueError naming the allowed names otherwise."""
+    try:
+        return LONGBENCH_TASKS[name]
+    except KeyError:
+        allowed = ", ".join(LONGBENCH_TASKS)
+        raise ValueError(f"unknown task {name!r}; allowed: {allowed}") from None
