@@ -40,7 +40,7 @@ class CompressionConfig:
     # ...or this absolute value, when set.
     outlier_threshold_abs: float | None = None
     # Values are quantized per token in this many channel groups per head; 0 = per channel.
-    value_quant_groups: int = 4
+    value_quant_groups: int = 1
     # Ablation switches of the method.
     pre_rope_keys: bool = True
     sink_protection: bool = True

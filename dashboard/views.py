@@ -1,0 +1,224 @@
+"""Data shaping of the dashboard: pure functions from store frames to tables and chart data.
+
+Nothing here imports Streamlit; `load_sweep_data` / `load_health` / `load_unit_traces` are the
+only functions that touch the store (through `store.queries`), and app.py wraps them in
+Streamlit's caches. Everything else takes and returns pandas DataFrames and is tested directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from store import BlobStore, UnitKey
+from store import queries as q
+from store.schema import VIEW_CONFIG_COLUMNS
+
+# metric -> (axis title with units, higher is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "score": ("Task score (task metric, higher is better)", True),
+    "perplexity": ("Perplexity (lower is better)", False),
+    "kl": ("KL divergence to fp16 (nats/token, lower is better)", False),
+    "top1_agreement": ("Top-1 agreement with fp16 (fraction, higher is better)", True),
+}
+# memory measure -> (axis title with units, higher is better)
+MEMORY_AXES: dict[str, tuple[str, bool]] = {
+    "avg_bits": ("Average KV bits (bits per element, key/value mean)", False),
+    "compression_ratio": ("Compression ratio (x vs fp16 KV bytes)", True),
+}
+BASELINE_METHOD = "none"
+FILTER_BASICS: tuple[str, ...] = ("model_id", "task", "method")
+
+
+# --- store reads (thin; cached by app.py) -----------------------------------------------------
+@dataclass
+class SweepData:
+    results: pd.DataFrame  # v_unit_results rows of the sweep (one per finished unit)
+    task_scores: pd.DataFrame  # v_task_scores rows joined with every config column
+
+
+def load_sweep_data(engine: Engine, sweep_id: str) -> SweepData:
+    """What the first view needs: unit results and per-task scores of one sweep."""
+    results = q.result_frame(engine, sweep_id=sweep_id)
+    scores = q.baseline_deltas(engine, sweep_id=sweep_id)
+    return SweepData(results=results, task_scores=with_config_columns(scores, results))
+
+
+def load_health(engine: Engine, sweep_id: str, freq: str = "5min") -> dict[str, pd.DataFrame]:
+    return {"units": q.unit_status(engine, sweep_id), "failures": q.failures(engine, sweep_id),
+            "throughput": q.throughput(engine, sweep_id, freq=freq)}
+
+
+def load_unit_traces(engine: Engine, blobs: BlobStore, key: UnitKey) -> dict[str, pd.DataFrame]:
+    """A unit's trace tables by kind (sha256-verified by the BlobStore)."""
+    return {kind: blobs.get_table(ref).to_pandas()
+            for kind, ref in sorted(q.trace_refs(engine, key).items())}
+
+
+# --- filters ----------------------------------------------------------------------------------
+def config_table(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per config_id with its config columns."""
+    cols = ["config_id", *[c for c in VIEW_CONFIG_COLUMNS if c in results.columns]]
+    return results[cols].drop_duplicates("config_id").reset_index(drop=True)
+
+
+def with_config_columns(task_scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """v_task_scores rows with every config column (the view has only a few)."""
+    configs = config_table(results)
+    extra = [c for c in configs.columns if c == "config_id" or c not in task_scores.columns]
+    return task_scores.merge(configs[extra], on="config_id", how="left")
+
+
+def varying_fields(frame: pd.DataFrame, candidates: Sequence[str] = VIEW_CONFIG_COLUMNS) -> list[str]:
+    """Config columns with more than one distinct value (NULL counts as a value)."""
+    return [c for c in candidates if c in frame.columns
+            and frame[c].astype("object").nunique(dropna=False) > 1]
+
+
+def options_of(frame: pd.DataFrame, column: str) -> list[Any]:
+    """Distinct values of a column, sorted, None last."""
+    values = list(dict.fromkeys(frame[column].astype("object").where(frame[column].notna(), None)))
+    present = sorted((v for v in values if v is not None), key=lambda v: (str(type(v)), v))
+    return present + ([None] if None in values else [])
+
+
+def value_label(value: Any) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def parse_labels(labels: Sequence[str], options: Sequence[Any]) -> list[Any]:
+    """The options whose `value_label` is in `labels` (query-parameter strings back to values)."""
+    wanted = set(labels)
+    return [o for o in options if value_label(o) in wanted]
+
+
+def apply_filters(frame: pd.DataFrame, selection: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """Rows whose column values are all selected; columns not in the frame are ignored."""
+    mask = pd.Series(True, index=frame.index)
+    for column, allowed in selection.items():
+        if column not in frame.columns:
+            continue
+        labels = {value_label(v) for v in allowed}
+        mask &= frame[column].astype("object").map(value_label).isin(labels)
+    return frame[mask]
+
+
+# --- quality vs memory ------------------------------------------------------------------------
+def quality_points(task_scores: pd.DataFrame, metric: str, fields: Sequence[str] = ()) -> pd.DataFrame:
+    """One point per model x config: `metric` and memory averaged over the selected tasks."""
+    cols = ["model_id", "config_id", "method", *[f for f in fields if f not in ("method",)]]
+    if task_scores.empty:
+        return pd.DataFrame(columns=[*cols, "y", "avg_bits", "compression_ratio", "tasks"])
+    df = task_scores.assign(avg_bits=(task_scores["avg_key_bits"] + task_scores["avg_value_bits"]) / 2)
+    keys = [c for c in cols if c in df.columns]
+    grouped = df.astype({c: "object" for c in keys}).groupby(keys, dropna=False, sort=True)
+    out = grouped.agg(y=(metric, "mean"), avg_bits=("avg_bits", "mean"),
+                      compression_ratio=("compression_ratio", "mean"),
+                      tasks=("task", "nunique")).reset_index()
+    return out
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str, *, x_higher_better: bool,
+                 y_higher_better: bool) -> pd.Series:
+    """Boolean mask of the non-dominated rows (NaN rows are never on the front).
+
+    A row is dominated when another is at least as good on both axes and better on one.
+    """
+    xs = points[x].astype(float) * (1 if x_higher_better else -1)
+    ys = points[y].astype(float) * (1 if y_higher_better else -1)
+    valid = xs.notna() & ys.notna()
+    mask = pd.Series(False, index=points.index)
+    for i in points.index[valid]:
+        better_eq = (xs[valid] >= xs[i]) & (ys[valid] >= ys[i])
+        strictly = (xs[valid] > xs[i]) | (ys[valid] > ys[i])
+        mask[i] = not (better_eq & strictly).any()
+    return mask
+
+
+def baseline_value(points: pd.DataFrame) -> float | None:
+    """Mean y of the uncompressed (method='none') points, None when absent."""
+    base = points.loc[points["method"] == BASELINE_METHOD, "y"].dropna()
+    return float(base.mean()) if len(base) else None
+
+
+# --- ablation ---------------------------------------------------------------------------------
+def ablation_table(task_scores: pd.DataFrame, axis: str, fields: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per model x config, sorted by `axis`: each task's score and its delta against
+    the uncompressed baseline of the sweep, then the mean over tasks of both."""
+    index = ["model_id", axis, *[f for f in fields if f != axis], "config_id"]
+    index = list(dict.fromkeys(c for c in index if c in task_scores.columns))
+    if task_scores.empty:
+        return pd.DataFrame(columns=[*index, "avg score", "avg delta"])
+    df = task_scores.astype({c: "object" for c in index})
+    wide = (df.groupby([*index, "task"], dropna=False, sort=False)[["score", "score_delta"]]
+            .mean().unstack("task"))
+    tasks = sorted(df["task"].unique())
+    out = pd.DataFrame(index=wide.index)
+    for t in tasks:
+        out[f"{t} score"] = wide[("score", t)]
+        out[f"{t} delta"] = wide[("score_delta", t)]
+    out["avg score"] = out[[f"{t} score" for t in tasks]].mean(axis=1)
+    out["avg delta"] = out[[f"{t} delta" for t in tasks]].mean(axis=1)
+    out = out.reset_index()
+    order = out[axis].map(lambda v: (v is None, str(type(v)), v if v is not None else 0))
+    return out.iloc[sorted(range(len(out)), key=lambda i: (order.iloc[i], out["config_id"].iloc[i]))
+                    ].reset_index(drop=True)
+
+
+def table_csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode("utf-8")
+
+
+# --- traces -----------------------------------------------------------------------------------
+def outlier_heatmap(outliers: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """layer x head grid (every pair of the observed layer and head ranges) with the outlier
+    channel count, averaged over samples when the table has a sample_id column."""
+    cols = ["layer", "head", "outlier_channels"]
+    sel = outliers[outliers["kind"] == kind] if "kind" in outliers.columns else outliers
+    if sel.empty:
+        return pd.DataFrame(columns=cols)
+    n_samples = sel["sample_id"].nunique() if "sample_id" in sel.columns else 1
+    counts = sel.groupby(["layer", "head"]).size() / max(n_samples, 1)
+    layers = range(int(outliers["layer"].min()), int(outliers["layer"].max()) + 1)
+    heads = range(int(outliers["head"].min()), int(outliers["head"].max()) + 1)
+    grid = pd.MultiIndex.from_product([layers, heads], names=["layer", "head"])
+    return counts.reindex(grid, fill_value=0.0).rename("outlier_channels").reset_index()
+
+
+def guess_head_dim(outliers: pd.DataFrame) -> int:
+    """Smallest power of two above the largest channel index seen (at least 8)."""
+    top = int(outliers["channel"].max()) + 1 if len(outliers) else 1
+    return max(8, 1 << (top - 1).bit_length())
+
+
+def layer_outlier_ratio(summary: pd.DataFrame, head_dim: int) -> pd.DataFrame:
+    """Per layer and kind: outlier channels / (heads x head_dim), mean over samples."""
+    cols = ["layer", "kind", "outlier_ratio", "outlier_channels"]
+    if summary.empty:
+        return pd.DataFrame(columns=cols)
+    heads = summary["heads"] if "heads" in summary.columns else 1
+    df = summary.assign(outlier_ratio=summary["outlier_channels"] / (heads * head_dim))
+    out = df.groupby(["layer", "kind"], as_index=False).agg(
+        outlier_ratio=("outlier_ratio", "mean"), outlier_channels=("outlier_channels", "mean"))
+    return out[cols]
+
+
+# --- health -----------------------------------------------------------------------------------
+def health_summary(units: pd.DataFrame) -> dict[str, int]:
+    """Unit counts by status plus total."""
+    counts = {s: 0 for s in ("done", "failed", "running", "pending", "skipped")}
+    if not units.empty:
+        for status, n in units["status"].value_counts().items():
+            counts[str(status)] = int(n)
+    counts["total"] = len(units)
+    return counts
+
+
+def failure_table(failures: pd.DataFrame) -> pd.DataFrame:
+    cols = ["model_id", "config_id", "task", "shard", "status", "attempts", "worker", "error"]
+    return failures[[c for c in cols if c in failures.columns]].reset_index(drop=True)

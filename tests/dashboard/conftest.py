@@ -1,0 +1,156 @@
+"""A small results store for the dashboard tests, written through `store.repository` only.
+
+Sweep "sw-demo" ("KV ablation demo"): 5 done configs (none baseline, streamkv-4, streamkv-2,
+streamkv-4 without sink protection, streamkv-4 without outlier detection) x 2 tasks x 2 shards,
+with metrics, trace blobs (outlier_channels + layer_summary), plus a kivi-2 config whose units
+failed (error text), one running and one pending. Sweep "sw-empty": registered, nothing run.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from store import (
+    BlobStore,
+    SampleRow,
+    UnitKey,
+    UnitResult,
+    create_store_engine,
+    mark_failed,
+    mark_running,
+    register_sweep,
+    write_unit_result,
+)
+from streamkv.config import baseline
+
+SWEEP_ID = "sw-demo"
+SWEEP_NAME = "KV ablation demo"
+MODEL = "smollm2-135m"
+TASKS = ("qa", "summary")
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+FAIL_TEXT = "RuntimeError: CUDA out of memory while quantizing layer 7"
+
+CONFIGS = {
+    "none": baseline("none"),
+    "skv4": baseline("streamkv-4"),
+    "skv2": baseline("streamkv-2"),
+    "skv4_nosink": baseline("streamkv-4", sink_protection=False),
+    "skv4_noout": baseline("streamkv-4", outlier_detection=False),
+}
+FAILING = baseline("kivi-2")
+# name -> (qa score, summary score, avg bits (key = value), compression ratio)
+SCORES: dict[str, tuple[float, float, float, float]] = {
+    "none": (0.80, 0.60, 16.0, 1.0),
+    "skv4": (0.78, 0.58, 4.25, 3.7),
+    "skv2": (0.70, 0.40, 2.25, 6.5),
+    "skv4_nosink": (0.60, 0.50, 4.0, 3.9),
+    "skv4_noout": (0.74, 0.59, 4.5, 3.5),
+}
+
+
+def trace_tables(seed: int, n_layers: int = 3, n_heads: int = 2) -> dict[str, pa.Table]:
+    """Worker-shaped trace tables: outlier channels of 2 samples, and the per-layer summary."""
+    out: dict[str, list[Any]] = {k: [] for k in ("sample_id", "layer", "kind", "head", "channel",
+                                                 "statistic", "head_median", "head_max")}
+    summ: dict[str, list[Any]] = {k: [] for k in ("sample_id", "layer", "kind", "heads",
+                                                  "outlier_channels", "max_head_outliers",
+                                                  "head_median_mean", "head_max", "sink_tokens",
+                                                  "tokens")}
+    for sample in ("s000", "s001"):
+        for layer in range(n_layers):
+            for kind in ("key", "value"):
+                counts = []
+                for head in range(n_heads):
+                    n = (layer + head + seed) % 3 + (1 if kind == "key" else 0)
+                    counts.append(n)
+                    for c in range(n):
+                        for name, v in (("sample_id", sample), ("layer", layer), ("kind", kind),
+                                        ("head", head), ("channel", 5 * c + head),
+                                        ("statistic", 10.0 + c), ("head_median", 1.0),
+                                        ("head_max", 12.0)):
+                            out[name].append(v)
+                for name, v in (("sample_id", sample), ("layer", layer), ("kind", kind),
+                                ("heads", n_heads), ("outlier_channels", sum(counts)),
+                                ("max_head_outliers", max(counts)), ("head_median_mean", 1.0),
+                                ("head_max", 12.0), ("sink_tokens", 4), ("tokens", 128)):
+                    summ[name].append(v)
+    i32 = ("layer", "head", "channel", "heads", "outlier_channels", "max_head_outliers",
+           "sink_tokens", "tokens")
+    def table(d: dict[str, list[Any]]) -> pa.Table:
+        return pa.table({k: pa.array(v, pa.int32() if k in i32 else None) for k, v in d.items()})
+    return {"outlier_channels": table(out), "layer_summary": table(summ)}
+
+
+def unit_result(key: UnitKey, name: str, minute: int) -> UnitResult:
+    cfg = CONFIGS[name]
+    qa, summary, bits, ratio = SCORES[name]
+    score = qa if key.task == "qa" else summary
+    samples = [SampleRow(f"s{i:03d}", f"pred {i}", [f"a{i}"], float(i % 2), 100 + i)
+               for i in range(4)]
+    return UnitResult(
+        key=key, config=cfg.to_dict(), method=cfg.method,
+        metrics={"score": score, "perplexity": 10.0 + (16 - bits) / 4, "kl": (16 - bits) / 100,
+                 "top1_agreement": 1.0 - (16 - bits) / 100},
+        n_samples=4, avg_key_bits=bits, avg_value_bits=bits, kv_bytes=int(1e6 / ratio),
+        fp16_kv_bytes=1_000_000, compression_ratio=ratio, outlier_ratio=0.02,
+        prefill_tokens_per_s=1000.0, decode_tokens_per_s=40.0, peak_memory_bytes=2**30,
+        environment={"model_id": MODEL, "git_commit": "deadbeef", "seed": 0},
+        samples=samples, traces=trace_tables(minute) if cfg.method == "streamkv" else {},
+        worker="worker-0", device="cpu", started_at=T0 + timedelta(minutes=minute),
+        finished_at=T0 + timedelta(minutes=minute, seconds=50))
+
+
+def build_store(root: Path) -> dict[str, Any]:
+    db_url = f"sqlite:///{root / 'store.db'}"
+    blobs_uri = str(root / "blobs")
+    engine = create_store_engine(db_url)
+    blobs = BlobStore(blobs_uri)
+    try:
+        register_sweep(engine, "sw-empty", "Nothing run yet", {"note": "empty"},
+                       [UnitKey("sw-empty", MODEL, CONFIGS["none"].config_id, "qa", "0/1")],
+                       [CONFIGS["none"].to_dict()])
+        all_cfgs = [*CONFIGS.values(), FAILING]
+        keys = [UnitKey(SWEEP_ID, MODEL, c.config_id, t, f"{i}/2")
+                for c in all_cfgs for t in TASKS for i in range(2)]
+        register_sweep(engine, SWEEP_ID, SWEEP_NAME, {"tasks": list(TASKS)}, keys,
+                       [c.to_dict() for c in all_cfgs], created_by="tests")
+        minute = 0
+        for name, cfg in CONFIGS.items():
+            for task in TASKS:
+                for i in range(2):
+                    key = UnitKey(SWEEP_ID, MODEL, cfg.config_id, task, f"{i}/2")
+                    mark_running(engine, key, "worker-0", "cpu")
+                    write_unit_result(engine, blobs, unit_result(key, name, minute))
+                    minute += 3
+        fail = [UnitKey(SWEEP_ID, MODEL, FAILING.config_id, t, f"{i}/2")
+                for t in TASKS for i in range(2)]
+        for key in fail[:2]:
+            mark_running(engine, key, "worker-1", "cuda:0")
+            mark_failed(engine, key, f"Traceback (most recent call last):\n{FAIL_TEXT}", final=True)
+        mark_running(engine, fail[2], "worker-1", "cuda:0")  # fail[3] stays pending
+    finally:
+        engine.dispose()
+    return {"db_url": db_url, "blobs_uri": blobs_uri, "sweep_id": SWEEP_ID,
+            "sweep_name": SWEEP_NAME, "configs": CONFIGS, "scores": SCORES}
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return build_store(tmp_path_factory.mktemp("dashboard_store"))
+
+
+@pytest.fixture
+def empty_store(tmp_path: Path) -> dict[str, Any]:
+    db_url = f"sqlite:///{tmp_path / 'empty.db'}"
+    create_store_engine(db_url).dispose()
+    return {"db_url": db_url, "blobs_uri": str(tmp_path / "blobs")}

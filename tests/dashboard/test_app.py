@@ -1,0 +1,93 @@
+"""dashboard/app.py under Streamlit's AppTest (store given through STREAMKV_DB / _BLOBS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import FAIL_TEXT, SWEEP_NAME
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+
+
+def run_app(monkeypatch: pytest.MonkeyPatch, store: dict, **query: str) -> AppTest:
+    monkeypatch.setenv("STREAMKV_DB", store["db_url"])
+    monkeypatch.setenv("STREAMKV_BLOBS", store["blobs_uri"])
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, val in query.items():
+        at.query_params[k] = val
+    return at.run()
+
+
+def frame_with(at: AppTest, column: str):
+    """The first dataframe shown that has `column` (AppTest does not expose dataframe keys)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_all_views_render(monkeypatch, demo_store) -> None:
+    at = run_app(monkeypatch, demo_store)
+    assert not at.exception
+    assert any(SWEEP_NAME in s.value for s in at.subheader)
+    assert [t.label for t in at.tabs] == ["Quality vs memory", "Ablation", "Outlier traces",
+                                          "Sweep health"]
+    assert metric(at, "Units done") == "20" and metric(at, "Configs shown") == "5"
+    assert len(at.dataframe) >= 3  # quality points, ablation table, failures
+    assert not at.error
+
+
+def test_filter_changes_numbers_and_url(monkeypatch, demo_store) -> None:
+    at = run_app(monkeypatch, demo_store)
+    before = metric(at, "Mean score (selection)")
+    ablation = frame_with(at, "avg delta")
+    at.multiselect(key="f_task").set_value(["qa"]).run()
+    assert not at.exception
+    after = metric(at, "Mean score (selection)")
+    assert (before, after) == ("0.6290", "0.7240")
+    assert "summary score" in ablation.columns
+    assert "summary score" not in frame_with(at, "avg delta").columns
+    assert at.query_params["task"] in ("qa", ["qa"])  # AppTest keeps the last value
+    at.multiselect(key="f_method").set_value(["streamkv"]).run()
+    assert metric(at, "Configs shown") == "4"
+    # deltas still refer to the sweep's baseline even when 'none' is filtered out
+    assert frame_with(at, "avg delta")["avg delta"].notna().all()
+
+
+def test_query_params_preselect(monkeypatch, demo_store) -> None:
+    at = run_app(monkeypatch, demo_store, task="summary", axis="sink_protection")
+    assert not at.exception
+    assert at.multiselect(key="f_task").value == ["summary"]
+    assert metric(at, "Mean score (selection)") == "0.5340"
+    assert frame_with(at, "avg delta").columns[1] == "sink_protection"
+
+
+def test_failures_show_error_text(monkeypatch, demo_store) -> None:
+    at = run_app(monkeypatch, demo_store)
+    assert any("failed" in w.value for w in at.warning)
+    assert any(FAIL_TEXT in c.value for c in at.code)
+    assert FAIL_TEXT in " ".join(frame_with(at, "error")["error"])
+
+
+def test_sweep_without_results(monkeypatch, demo_store) -> None:
+    at = run_app(monkeypatch, demo_store, sweep="sw-empty")
+    assert not at.exception
+    assert any("no finished units" in i.value for i in at.info)
+
+
+def test_empty_store_info(monkeypatch, empty_store) -> None:
+    at = run_app(monkeypatch, empty_store)
+    assert not at.exception
+    assert any("no sweeps" in i.value for i in at.info)
+
+
+def test_missing_database_shows_store_error(monkeypatch, tmp_path) -> None:
+    store = {"db_url": f"sqlite:///{tmp_path / 'nowhere' / 'missing.db'}",
+             "blobs_uri": str(tmp_path / "blobs")}
+    at = run_app(monkeypatch, store)
+    assert not at.exception
+    assert any("cannot connect to the results database" in e.value for e in at.error)
+    assert not (tmp_path / "nowhere" / "missing.db").exists()  # read-only: never created

@@ -1,0 +1,94 @@
+"""dashboard.views on hand-built frames and on the demo store."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import SCORES, SWEEP_ID
+
+from dashboard import views as v
+from store import readonly_engine
+
+
+def test_pareto_front_exact() -> None:
+    pts = pd.DataFrame({"x": [2.0, 3.0, 4.0, 4.0, 16.0, 5.0, float("nan")],
+                        "y": [0.50, 0.45, 0.70, 0.60, 0.80, 0.70, 0.99]})
+    front = v.pareto_front(pts, "x", "y", x_higher_better=False, y_higher_better=True)
+    # (3, .45) dominated by (2, .5); (4, .6) by (4, .7); (5, .7) by (4, .7); NaN never on it
+    assert front.tolist() == [True, False, True, False, True, False, False]
+    # compression ratio (higher better) and perplexity (lower better)
+    pts2 = pd.DataFrame({"x": [1.0, 3.0, 3.0, 6.0], "y": [10.0, 11.0, 12.0, 11.0]})
+    front2 = v.pareto_front(pts2, "x", "y", x_higher_better=True, y_higher_better=False)
+    assert front2.tolist() == [True, False, False, True]
+
+
+def test_quality_points_and_baseline() -> None:
+    ts = pd.DataFrame({"model_id": ["m"] * 4, "config_id": ["a", "a", "b", "b"],
+                       "method": ["none", "none", "streamkv", "streamkv"],
+                       "task": ["t1", "t2", "t1", "t2"], "score": [0.8, 0.6, 0.7, 0.5],
+                       "avg_key_bits": [16.0, 16.0, 4.0, 4.0], "avg_value_bits": [16.0] * 2 + [2.0] * 2,
+                       "compression_ratio": [1.0, 1.0, 4.0, 4.0]})
+    pts = v.quality_points(ts, "score").set_index("config_id")
+    assert pts.loc["a", "y"] == pytest.approx(0.7) and pts.loc["b", "y"] == pytest.approx(0.6)
+    assert pts.loc["b", "avg_bits"] == 3.0 and pts.loc["b", "tasks"] == 2
+    assert v.baseline_value(pts.reset_index()) == pytest.approx(0.7)
+
+
+def test_ablation_deltas_exact() -> None:
+    ts = pd.DataFrame({
+        "model_id": ["m"] * 6, "config_id": ["base", "base", "on", "on", "off", "off"],
+        "sink_protection": [True, True, True, True, False, False],
+        "task": ["qa", "sum"] * 3, "score": [0.8, 0.6, 0.75, 0.6, 0.5, 0.4],
+        "score_delta": [0.0, 0.0, -0.05, 0.0, -0.3, -0.2]})
+    table = v.ablation_table(ts, "sink_protection")
+    assert list(table.columns) == ["model_id", "sink_protection", "config_id", "qa score",
+                                   "qa delta", "sum score", "sum delta", "avg score", "avg delta"]
+    assert table["config_id"].tolist() == ["off", "base", "on"]  # sorted by axis, then id
+    off = table.iloc[0]
+    assert (off["qa delta"], off["sum delta"]) == (-0.3, -0.2)
+    assert off["avg score"] == pytest.approx(0.45) and off["avg delta"] == pytest.approx(-0.25)
+    assert table.iloc[2]["avg delta"] == pytest.approx(-0.025)
+    assert v.table_csv(table).decode().splitlines()[0].startswith("model_id,sink_protection")
+
+
+def test_heatmap_shape_and_counts() -> None:
+    rows = [("s0", 0, "key", 0, 3), ("s0", 0, "key", 0, 9), ("s1", 0, "key", 0, 3),
+            ("s0", 2, "key", 3, 1), ("s0", 1, "value", 1, 7)]
+    df = pd.DataFrame(rows, columns=["sample_id", "layer", "kind", "head", "channel"])
+    heat = v.outlier_heatmap(df, "key")
+    assert heat.shape == (3 * 4, 3)  # layers 0..2 x heads 0..3, zeros filled
+    cell = heat.set_index(["layer", "head"])["outlier_channels"]
+    assert cell[(0, 0)] == 1.5 and cell[(2, 3)] == 0.5 and cell[(1, 1)] == 0.0
+    assert v.guess_head_dim(df) == 16
+    summ = pd.DataFrame({"sample_id": ["s0", "s1"], "layer": [0, 0], "kind": ["key"] * 2,
+                         "heads": [2, 2], "outlier_channels": [4, 2]})
+    ratio = v.layer_outlier_ratio(summ, head_dim=16)
+    assert ratio["outlier_ratio"].tolist() == [pytest.approx(3 / 32)]
+
+
+def test_filters_and_labels() -> None:
+    df = pd.DataFrame({"task": ["a", "b", "c"], "ema_decay": [0.9, None, 0.5]})
+    opts = v.options_of(df, "ema_decay")
+    assert opts == [0.5, 0.9, None]
+    assert v.parse_labels(["0.9", "—"], opts) == [0.9, None]
+    out = v.apply_filters(df, {"task": ["a", "b"], "ema_decay": [None], "absent": [1]})
+    assert out["task"].tolist() == ["b"]
+
+
+def test_demo_store_frames(demo_store) -> None:
+    engine = readonly_engine(demo_store["db_url"])
+    try:
+        data = v.load_sweep_data(engine, SWEEP_ID)
+        health = v.load_health(engine, SWEEP_ID)
+    finally:
+        engine.dispose()
+    fields = v.varying_fields(data.task_scores)
+    assert {"method", "sink_protection", "outlier_detection", "key_bits_normal"} <= set(fields)
+    table = v.ablation_table(data.task_scores, "sink_protection", fields)
+    nosink = table[table["sink_protection"] == False].iloc[0]
+    qa, summ, _, _ = SCORES["skv4_nosink"]
+    assert nosink["qa delta"] == pytest.approx(qa - SCORES["none"][0])
+    assert nosink["summary delta"] == pytest.approx(summ - SCORES["none"][1])
+    counts = v.health_summary(health["units"])
+    assert (counts["done"], counts["failed"], counts["running"], counts["pending"]) == (20, 2, 1, 1)
+    assert "CUDA out of memory" in v.failure_table(health["failures"])["error"].iloc[0]
