@@ -28,13 +28,22 @@ class ScaleLayout:
     segment_of: [c] segment of each stored channel (int16: metadata is counted, keep it small);
         None = one segment per channel.
     symmetric: one scale (absmax) per group; else an asymmetric grid (lo and step).
+    log_scale: symmetric scales stored as 8-bit codes on a log grid (16 steps per octave)
+        below a per-part fp32 reference, rounded up: half the bytes of fp16 scales, for
+        per-token layouts where scale bytes are a visible share of the cache.
     """
 
     token_group: int | None = None
     segment_of: torch.Tensor | None = None
     n_segments: int | None = None
     symmetric: bool = True
+    log_scale: bool = False
 
+
+# Log-scale codes: scale = ref * 2 ** ((code - LOG_ZERO) / LOG_STEPS). The reference is the
+# part's largest scale, so codes up to LOG_ZERO cover ref * 2**-13.9 .. ref; the headroom above
+# lets tokens appended later (decode) exceed it 4x before they clip.
+LOG_STEPS, LOG_ZERO = 16, 223
 
 @dataclass
 class PackedPart:
@@ -43,15 +52,16 @@ class PackedPart:
     n_channels: int
     layout: ScaleLayout
     data: torch.Tensor  # bits < 16: uint8 [B, T, packed]; bits == 16: float16/bf16 [B, T, c]
-    scale: torch.Tensor | None  # fp16 [B|1, G, n_seg]: absmax (symmetric) or step
+    scale: torch.Tensor | None  # fp16 [B|1, G, n_seg]: absmax (symmetric) or step; uint8 codes if log_scale
     lo: torch.Tensor | None  # fp16 [B|1, G, n_seg] (asymmetric only)
+    scale_ref: torch.Tensor | None = None  # fp32 [1] reference of log-scale codes
 
     @property
     def length(self) -> int:
         return self.data.shape[1]
 
     def tensors(self) -> list[torch.Tensor]:
-        held = [self.data, self.scale, self.lo, self.channels, self.layout.segment_of]
+        held = [self.data, self.scale, self.lo, self.scale_ref, self.channels, self.layout.segment_of]
         return [t for t in held if t is not None]
 
     def decode(self, dtype: torch.dtype) -> torch.Tensor:
@@ -70,7 +80,7 @@ class PackedPart:
             return
         lay = self.layout
         if lay.token_group == 1:
-            new = encode(x, self.bits, lay, channels=self.channels)
+            new = encode(x, self.bits, lay, channels=self.channels, scale_ref=self.scale_ref)
             self.scale = torch.cat([self.scale, new.scale], dim=1)
             self.lo = None if new.lo is None else torch.cat([self.lo, new.lo], dim=1)
             self.data = torch.cat([self.data, new.data], dim=1)
@@ -85,7 +95,10 @@ class PackedPart:
 def _grid(part: PackedPart, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-element (lo, step) broadcastable to codes [B, n_tokens, c]."""
     lay = part.layout
-    scale = part.scale.float()
+    if lay.log_scale:
+        scale = part.scale_ref * torch.exp2((part.scale.float() - LOG_ZERO) / LOG_STEPS)
+    else:
+        scale = part.scale.float()
     lo = None if part.lo is None else part.lo.float()
     if lay.segment_of is not None:  # segment -> channel
         seg = lay.segment_of.long()
@@ -123,30 +136,37 @@ def _to_scale_up(x: torch.Tensor) -> torch.Tensor:
 
 
 def encode(x: torch.Tensor, bits: int, layout: ScaleLayout, *,
-           channels: torch.Tensor | None = None, absmax: torch.Tensor | None = None,
+           channels: torch.Tensor | None = None,
+           given_range: tuple[torch.Tensor, torch.Tensor] | None = None,
+           scale_ref: torch.Tensor | None = None,
            raw_dtype: torch.dtype = torch.float16) -> PackedPart:
     """Quantizes x [B, T, c] into a packed part.
 
-    absmax: a given symmetric scale per segment ([n_seg] or [B|1, G, n_seg]) — the streaming
-    statistics — instead of one measured on x. Scales are rounded to fp16 *before* the codes
-    are computed, so dequantization uses exactly the grid the codes were chosen on.
+    given_range: (lo, hi) per segment ([n_seg]) — the streaming statistics — instead of the
+    range measured on x (a symmetric layout uses max(|lo|, |hi|)). Scales are rounded (up) to
+    their stored format *before* the codes are computed, so dequantization uses exactly the
+    grid the codes were chosen on. scale_ref: the reference of an existing log-scale part.
     """
     n_channels = x.shape[-1]
     if bits == 16:
         return PackedPart(16, channels, n_channels, layout, x.to(raw_dtype).contiguous(), None, None)
     xf = x.float()
-    lo = None
-    if layout.symmetric:
-        if absmax is None:
-            absmax = _group_reduce(xf.abs(), layout, "max")
-        scale = _to_scale_up(absmax.reshape(1, 1, -1) if absmax.dim() == 1 else absmax)
-        lo_f, step_f = quant.symmetric_range(scale.float(), bits)
+    if given_range is not None:
+        lo_g, hi_g = (t.float().reshape(1, 1, -1) for t in given_range)
     else:
-        lo = _to_scale(_group_reduce(xf, layout, "min"))
-        hi = _group_reduce(xf, layout, "max")
-        lo_f, step_f = quant.minmax_range(lo.float(), hi, bits)
-        scale = _to_scale_up(step_f)
-    part = PackedPart(bits, channels, n_channels, layout, torch.empty(0), scale, lo)
+        lo_g, hi_g = _group_reduce(xf, layout, "min"), _group_reduce(xf, layout, "max")
+    lo = ref = None
+    if layout.symmetric and layout.log_scale:
+        absmax = torch.maximum(lo_g.abs(), hi_g.abs()).clamp_min(quant.EPS)
+        ref = absmax.amax().reshape(1) if scale_ref is None else scale_ref
+        exponent = torch.ceil(LOG_STEPS * torch.log2(absmax / ref) - 1e-4) + LOG_ZERO
+        scale = exponent.clamp(0, 255).to(torch.uint8)
+    elif layout.symmetric:
+        scale = _to_scale_up(torch.maximum(lo_g.abs(), hi_g.abs()))
+    else:
+        lo = _to_scale(lo_g)
+        scale = _to_scale_up(quant.minmax_range(lo.float(), hi_g, bits)[1])
+    part = PackedPart(bits, channels, n_channels, layout, torch.empty(0), scale, lo, ref)
     lo_e, step_e = _grid(part, x.shape[1])
     codes = quant.quantize(xf, lo_e, step_e, bits)
     part.data = quant.pack_bits(codes, bits).contiguous()

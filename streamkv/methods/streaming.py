@@ -62,18 +62,20 @@ class StreamingLayer(PackedLayer):
 
     def _chunk_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
         cfg = self.config
-        k_stat = self.key_stats.observe(keys)
-        v_stat = self.value_stats.observe(values)
-        k_out, v_out = self._outliers(k_stat), self._outliers(v_stat)
-        k_scale = self._range(k_stat, keys)
-        v_scale = self._range(v_stat, values) if cfg.value_quant_groups == 0 else None
+        k_stats, v_stats = self.key_stats.observe(keys), self.value_stats.observe(values)
+        k_out, v_out = self._outliers(k_stats.absmax), self._outliers(v_stats.absmax)
+        k_lo, k_hi = self._range(k_stats, keys)
+        per_channel_values = cfg.value_quant_groups == 0
+        v_lo, v_hi = self._range(v_stats, values) if per_channel_values else (None, None)
 
         def key_layout(idx: torch.Tensor, outlier: bool):
-            return ScaleLayout(), k_scale.index_select(0, idx.long())
+            i = idx.long()
+            return ScaleLayout(symmetric=False), (k_lo[i], k_hi[i])
 
         def value_layout(idx: torch.Tensor, outlier: bool):
-            if v_scale is not None:
-                return ScaleLayout(), v_scale.index_select(0, idx.long())
+            if per_channel_values:
+                i = idx.long()
+                return ScaleLayout(symmetric=False), (v_lo[i], v_hi[i])
             return (self._outlier_tokens(idx) if outlier else self._grouped_tokens(idx)), None
 
         key_parts = self._split(keys, k_out, cfg.key_bits_normal, cfg.key_bits_sink_outlier, key_layout)
@@ -87,27 +89,29 @@ class StreamingLayer(PackedLayer):
                layout_for) -> list[PackedPart]:
         """Normal channels at `bits`, outlier channels at `high_bits`, each its own part.
 
-        layout_for(idx, is_outlier) -> (ScaleLayout, absmax or None) for the channels idx.
+        layout_for(idx, is_outlier) -> (ScaleLayout, (lo, hi) or None) for the channels idx.
         """
         if not bool(outliers.any()) or high_bits == bits:
-            layout, absmax = layout_for(self._index(torch.ones_like(outliers)), False)
-            return [encode(x, bits, layout, absmax=absmax, raw_dtype=self._raw())]
+            layout, given = layout_for(self._index(torch.ones_like(outliers)), False)
+            return [encode(x, bits, layout, given_range=given, raw_dtype=self._raw())]
         parts = []
         for mask, b, is_outlier in ((~outliers, bits, False), (outliers, high_bits, True)):
             idx = self._index(mask)
             if idx.numel() == 0:  # an absolute threshold can flag every channel
                 continue
-            layout, absmax = layout_for(idx, is_outlier)
-            parts.append(encode(x.index_select(-1, idx.long()), b, layout, channels=idx, absmax=absmax,
-                                raw_dtype=self._raw()))
+            layout, given = layout_for(idx, is_outlier)
+            parts.append(encode(x.index_select(-1, idx.long()), b, layout, channels=idx,
+                                given_range=given, raw_dtype=self._raw()))
         return parts
 
     # --- scales and layouts ------------------------------------------------------------------
-    def _range(self, stat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Per-channel absmax used as the chunk's symmetric key (or value) scale."""
+    def _range(self, stats: ChannelStats, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (lo, hi) the chunk's grid spans: the running statistic, widened to the
+        chunk's own range with range_mode="expand"."""
         if self.config.range_mode == "clip":
-            return stat
-        return torch.maximum(stat, x.detach().abs().amax(dim=(0, 1)).float())
+            return stats.low, stats.high
+        x = x.detach().float()
+        return torch.minimum(stats.low, x.amin(dim=(0, 1))), torch.maximum(stats.high, x.amax(dim=(0, 1)))
 
     def _outliers(self, stat: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -120,12 +124,12 @@ class StreamingLayer(PackedLayer):
         groups = self.config.value_quant_groups
         return self.shared(("groups", id(idx)), lambda: ScaleLayout(
             token_group=1, segment_of=idx // (self.head_dim // groups),  # head * groups + g
-            n_segments=self.n_heads * groups))
+            n_segments=self.n_heads * groups, log_scale=True))
 
     def _outlier_tokens(self, idx: torch.Tensor) -> ScaleLayout:
         """Outlier value channels: one scale per token over all of them (they are few)."""
         return self.shared(("outliers", id(idx)), lambda: ScaleLayout(
-            token_group=1, segment_of=torch.zeros_like(idx), n_segments=1))
+            token_group=1, segment_of=torch.zeros_like(idx), n_segments=1, log_scale=True))
 
     def _per_head_subset(self, idx: torch.Tensor) -> ScaleLayout:
         return self.shared(("heads", id(idx)), lambda: ScaleLayout(
@@ -150,10 +154,10 @@ class StreamingLayer(PackedLayer):
     def trace_rows(self) -> list[dict]:
         rows = []
         for kind, stats in (("key", self.key_stats), ("value", self.value_stats)):
-            if stats.value is None:
+            if stats.low is None:
                 continue
-            mask = self._outliers(stats.value).view(self.n_heads, -1)
-            per_head = stats.value.view(self.n_heads, -1)
+            mask = self._outliers(stats.absmax).view(self.n_heads, -1)
+            per_head = stats.absmax.view(self.n_heads, -1)
             for h in range(self.n_heads):
                 chans = mask[h].nonzero().squeeze(-1)
                 rows.append({"kind": kind, "head": h,

@@ -38,7 +38,8 @@ def test_pre_rope_keys_rotate_back_to_model_keys(tiny_reference):
         pre_rope_absmax = ref_k.abs().amax()  # rotation preserves pair norms: a safe bound
         bound = math.sqrt(2) * float(pre_rope_absmax) * math.sqrt(2) / 255
         assert (keys - ref_k).abs().max().item() <= bound
-        assert (values - ref_v).abs().max().item() <= float(ref_v.abs().amax()) / 255 * 1.01
+        # Values: per token, their 8-bit scale rounded up on a log grid by at most 2**(1/16).
+        assert (values - ref_v).abs().max().item() <= float(ref_v.abs().amax()) / 255 * 2 ** (1 / 16)
 
 
 @torch.no_grad()

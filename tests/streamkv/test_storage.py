@@ -28,7 +28,7 @@ def test_per_token_groups_roundtrip(bits, symmetric):
 
 def test_per_channel_given_scale_clips_and_extends():
     x = torch.tensor([[[1.0, -2.0], [0.5, 0.5]]])
-    part = encode(x, 4, ScaleLayout(), absmax=torch.tensor([1.0, 2.0]))
+    part = encode(x, 4, ScaleLayout(), given_range=(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 2.0])))
     part.extend(torch.tensor([[[3.0, 1.0]]]))  # 3.0 is beyond the fixed scale 1.0: clipped
     y = part.decode(torch.float32)
     assert y.shape == (1, 3, 2)
@@ -63,3 +63,21 @@ def test_split_parts_cover_all_channels_and_bytes_are_measured():
 def test_storage_bytes_counts_shared_storage_once():
     base = torch.zeros(100, dtype=torch.uint8)
     assert storage_bytes([base[:10], base[50:], base]) == 100
+
+
+def test_log_scale_codes_cover_the_range_and_halve_scale_bytes():
+    torch.manual_seed(2)
+    x = torch.randn(2, 50, 64) * torch.logspace(-2, 2, 50).view(1, 50, 1)  # 4 decades < 13.9 octaves
+    layout = ScaleLayout(token_group=1, segment_of=torch.zeros(64, dtype=torch.int16), n_segments=1)
+    fp16 = encode(x, 4, layout)
+    log8 = encode(x, 4, ScaleLayout(token_group=1, segment_of=layout.segment_of, n_segments=1,
+                                    log_scale=True))
+    assert log8.scale.dtype == torch.uint8 and log8.scale.numel() == fp16.scale.numel()
+    absmax = x.abs().amax(-1, keepdim=True)
+    err = (log8.decode(torch.float32) - x).abs()
+    # A log-grid scale is rounded up by at most 2**(1/16): the step grows by <= 4.4%.
+    assert bool((err <= absmax * 2 / 15 / 2 * 2 ** (1 / 16) * 1.001).all())
+    # Appended tokens reuse the part's reference.
+    log8.extend(x[:, :3] * 2)
+    assert log8.length == 53
+    assert (log8.decode(torch.float32)[:, 50:] - 2 * x[:, :3]).abs().max() <= 2 * absmax.max() / 15
