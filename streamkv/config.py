@@ -12,9 +12,13 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-# Which cache-layer class quantizes the tokens (see `streamkv.methods`).
-Method = Literal["streamkv", "none", "int8", "int4_token", "kivi", "calibrated"]
-METHODS: tuple[str, ...] = ("streamkv", "none", "int8", "int4_token", "kivi", "calibrated")
+# Which cache-layer class quantizes the tokens (see `streamkv.methods`). The hf_* methods are
+# transformers' own QuantizedCache backends, run by `workers.hf_baselines`: a config with one
+# of them records such a baseline's settings in the results store; it builds no streamkv cache.
+Method = Literal["streamkv", "none", "int8", "int4_token", "kivi", "calibrated",
+                 "hf_quanto", "hf_hqq", "hf_fp8"]
+METHODS: tuple[str, ...] = ("streamkv", "none", "int8", "int4_token", "kivi", "calibrated",
+                            "hf_quanto", "hf_hqq", "hf_fp8")
 ALLOWED_BITS: tuple[int, ...] = (2, 3, 4, 8, 16)
 STATISTICS: tuple[str, ...] = ("ema", "chunk")
 RANGE_MODES: tuple[str, ...] = ("expand", "clip")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from streamkv.config import CompressionConfig
 from streamkv.methods.base import PackedLayer, Step
+from streamkv.methods.calibrated import CalibratedLayer
 from streamkv.methods.kivi import KiviLayer
 from streamkv.methods.streaming import StreamingLayer
 from streamkv.methods.uniform import NoCompressionLayer, PerTokenLayer
@@ -14,6 +15,7 @@ LAYER_CLASSES: dict[str, type[PackedLayer]] = {
     "int4_token": PerTokenLayer,
     "kivi": KiviLayer,
     "streamkv": StreamingLayer,
+    "calibrated": CalibratedLayer,
 }
 
 
