@@ -18,8 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	$(PY) benchmarks/quality.py --windows 1 --only none streamkv-4 streamkv-3 kivi-4 --csv results/quality-smoke.csv
-	@echo "results: results/quality-smoke.csv"
+	$(VENV)/bin/streamkv sweep sweeps/smoke.yaml
 
 test: setup
 	$(PY) -m pytest -q

@@ -8,8 +8,8 @@ Rows per length (medians of --repeats runs after one warm-up, `logits_to_keep=1`
 - `chunked-none`: our chunked prefill with 16-bit storage (method none);
 - `streamkv-4` (and any --configs): our chunked prefill with the compressed cache.
 Ratios are against `full` of the same run. Peak memory is torch.cuda.max_memory_allocated on
-CUDA; on CPU it is the peak bytes held by the KV cache (measured), since the process RSS
-cannot be reset between rows.
+CUDA; on CPU it is the bytes held by the KV cache (measured: the plain cache's tensors, or
+our cache's peak after any step), since the process RSS cannot be reset between rows.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def time_row(model, ids, device: str, config: CompressionConfig | None, repeats:
         if config is None:
             from transformers import DynamicCache, LlamaForCausalLM
 
-            LlamaForCausalLM.forward(model, ids, past_key_values=DynamicCache(config=model.config),
-                                     logits_to_keep=1)
+            cache = DynamicCache(config=model.config)
+            LlamaForCausalLM.forward(model, ids, past_key_values=cache, logits_to_keep=1)
         else:
             model.compression_config = config
             model(ids, logits_to_keep=1)
@@ -72,6 +72,8 @@ def time_row(model, ids, device: str, config: CompressionConfig | None, repeats:
             peak = max(peak, torch.cuda.max_memory_allocated())
         elif config is not None:
             peak = max(peak, model.last_cache.peak_bytes)
+        else:  # the plain cache holds every key/value in the model's dtype
+            peak = max(peak, sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values)))
     return statistics.median(times), peak
 
 

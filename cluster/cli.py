@@ -3,6 +3,7 @@
     streamkv db upgrade [--db URL]                 apply the store's migrations
     streamkv db query "SELECT ..." [--db URL]      read-only SQL, printed as a table
     streamkv dashboard [--db URL] [--blobs URI]    the Streamlit dashboard on 127.0.0.1
+    streamkv sweep SPEC [--address ADDR] [--db URL] [--blobs URI]   run a sweep on Ray
 
 The database URL defaults to $STREAMKV_DB, then sqlite:///results/streamkv.db.
 """
@@ -57,6 +58,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return launch(_db_url(args), args.blobs, port=args.port, host=args.host) or 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cluster.sweep import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamkv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8501)
     dash.add_argument("--host", default="127.0.0.1")
     dash.set_defaults(func=cmd_dashboard)
+
+    from cluster.sweep import add_arguments
+
+    sweep = sub.add_parser("sweep", help="run a sweep spec on Ray (local, or a cluster with --address)")
+    add_arguments(sweep)
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

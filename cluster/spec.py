@@ -1,0 +1,588 @@
+"""Sweep specs: YAML -> validated, frozen `SweepSpec`.
+
+A spec names the model(s), the compression configs (a cartesian `grid` over
+`CompressionConfig` fields, explicit `points` and named `baselines`), the datasets, and how
+to run them (shards, sample limits, prompt length, seed, store, resources). Every problem of a
+file is reported at once, each prefixed with its path in the file::
+
+    grid.key_bits_normal[2]: 5 is out of range (allowed: one of 2, 3, 4, 8, 16)
+    datasets[1].task: unknown task 'foo'; allowed: ...
+
+Defaults live in one place, the dataclass defaults below; the YAML overrides them, and the
+command line overrides the YAML (`apply_overrides`).
+
+    name: smoke                       # default: the file's stem
+    models: [smollm2-135m]            # or model: NAME
+    dtype: float32                    # float32 | float16 | bfloat16
+    device: auto                      # auto (cuda when there, else cpu) | cpu | cuda
+    grid:                             # cartesian product over CompressionConfig fields
+      base: streamkv-4                # optional preset the grid starts from (default: defaults)
+      key_bits_normal: [4, 3]
+      value_bits_normal: [4, 3]
+    points:                           # explicit extra configs
+      - {baseline: kivi-4, residual_length: 64}
+      - {chunk_size: 256}
+    baselines: [none, kivi-4, hf-quanto-4]
+    datasets:
+      - {task: passage_retrieval_synth, context_length: 400}
+      - {tasks: [narrativeqa, qasper], source: data/longbench}
+      - {task: wikitext2_ppl, context_length: 512, limit: 2, shards: 1}
+    shards: 2                         # per task (datasets[i].shards overrides)
+    limit: 2                          # samples (windows) per shard; null = all
+    generation: {max_length: 3500}    # prompt tokens (middle truncation)
+    seed: 0
+    max_attempts: 2                   # application errors: attempts before a unit fails
+    store: {url: sqlite:///results/streamkv.db, blobs: results/blobs}
+    resources: {num_actors: 2, num_gpus_per_actor: auto, num_cpus_per_actor: 1}
+    sweep_id: null                    # default: <name>-<hash of what determines the results>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamkv.config import BASELINES, CompressionConfig, baseline, validate_fields
+
+DEFAULT_BLOBS = "results/blobs"
+MAX_GRID_POINTS = 10_000
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(CompressionConfig))
+_MSG_FIELD = re.compile(r"^(\w+)=")
+_SWEEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class SpecError(ValueError):
+    """An invalid spec; `problems` lists every problem, each starting with its path."""
+
+    def __init__(self, problems: list[str], source: str = "spec"):
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+
+
+# --- the parsed spec ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetSpec:
+    task: str
+    source: str | None = None  # LongBench file/folder/hf://; WikiText file for synthetic/ppl
+    context_length: int = 2048  # perplexity window tokens / synthetic context words
+    shards: int | None = None  # None: SweepSpec.shards
+    limit: int | None = None  # None: SweepSpec.limit
+    max_length: int | None = None  # None: SweepSpec.max_length
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    url: str | None = None  # None: $STREAMKV_DB, then sqlite:///results/streamkv.db
+    blobs: str | None = None  # None: $STREAMKV_BLOBS, then results/blobs
+
+    @property
+    def resolved_url(self) -> str:
+        from store.db import DEFAULT_URL
+
+        return self.url or os.environ.get("STREAMKV_DB") or DEFAULT_URL
+
+    @property
+    def resolved_blobs(self) -> str:
+        return self.blobs or os.environ.get("STREAMKV_BLOBS") or DEFAULT_BLOBS
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    num_actors: int = 1  # per model
+    num_gpus_per_actor: float | None = None  # None ("auto"): 1 when the cluster has GPUs, else 0
+    num_cpus_per_actor: float = 1.0
+    max_restarts: int = 3  # Ray restarts of a dead actor
+    max_task_retries: int = 3  # Ray retries of a unit whose actor died (system failures)
+    write_results: str = "driver"  # "driver" | "actor": who calls store.write_unit_result
+
+
+@dataclass(frozen=True)
+class NamedConfig:
+    label: str  # where it came from: "grid[...]", "points[1]", "baseline kivi-4"
+    config: Any  # CompressionConfig | workers.hf_baselines.HFBaseline
+
+    @property
+    def config_id(self) -> str:
+        return self.config.config_id
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str = "sweep"
+    models: tuple[str, ...] = ("smollm2-135m",)
+    configs: tuple[NamedConfig, ...] = ()
+    datasets: tuple[DatasetSpec, ...] = ()
+    shards: int = 1
+    limit: int | None = None
+    max_length: int = 3500
+    seed: int = 0
+    max_attempts: int = 2
+    dtype: str = "float32"
+    device: str = "auto"
+    store: StoreSpec = field(default_factory=StoreSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    sweep_id: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def content(self) -> dict[str, Any]:
+        """What determines the results (not where they go or how they are scheduled)."""
+        return {
+            "models": list(self.models),
+            "configs": [{"label": c.label, "config_id": c.config_id, **c.config.to_dict()}
+                        for c in self.configs],
+            "datasets": [dataclasses.asdict(d) for d in self.datasets],
+            "shards": self.shards, "limit": self.limit, "max_length": self.max_length,
+            "seed": self.seed, "dtype": self.dtype,
+        }
+
+    @property
+    def content_hash(self) -> str:
+        blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def resolved_sweep_id(self) -> str:
+        if self.sweep_id:
+            return self.sweep_id
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name).strip("-")[:60] or "sweep"
+        return f"{slug}-{self.content_hash}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description recorded with the sweep."""
+        return {"name": self.name, "sweep_id": self.resolved_sweep_id, **self.content(),
+                "max_attempts": self.max_attempts, "device": self.device,
+                "store": {"url": _safe_url(self.store.resolved_url), "blobs": self.store.resolved_blobs},
+                "resources": dataclasses.asdict(self.resources), "file": dict(self.raw)}
+
+
+def _safe_url(url: str) -> str:
+    try:
+        from store.db import safe_url
+
+        return safe_url(url)
+    except Exception:  # noqa: BLE001 (any URL it cannot parse is masked by hand)
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+_TOP_KEYS = {"name", "model", "models", "dtype", "device", "grid", "points", "baselines", "datasets",
+             "shards", "limit", "generation", "seed", "max_attempts", "store", "resources", "sweep_id",
+             "description"}
+_DATASET_KEYS = {"task", "tasks", "source", "context_length", "shards", "limit", "max_length"}
+_DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+class _Problems(list):
+    def add(self, path: str, message: str) -> None:
+        text = f"{path}: {message}" if path else message
+        if text not in self:
+            self.append(text)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _unknown(problems: _Problems, path: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            problems.add(where, f"unknown key; allowed: {', '.join(sorted(allowed))}")
+
+
+def _int_field(problems: _Problems, path: str, value: Any, low: int, *, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if not _is_int(value) or value < low:
+        allowed = f"{'null or ' if optional else ''}integer >= {low}"
+        problems.add(path, f"{value!r} is out of range (allowed: {allowed})")
+        return None
+    return value
+
+
+def _list_of(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _config_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, message without 'field=') of a CompressionConfig's field values, via
+    streamkv.config.validate_fields on an unfrozen stand-in (no exception, every problem)."""
+    out = []
+    for msg in validate_fields(types.SimpleNamespace(**values)):  # type: ignore[arg-type]
+        m = _MSG_FIELD.match(msg)
+        out.append((m.group(1), msg[m.end():]) if m else ("", msg))
+    return out
+
+
+def _preset(name: Any) -> dict[str, Any] | None:
+    if name in BASELINES:
+        return baseline(name).to_dict()
+    return None
+
+
+def _hf_names() -> tuple[str, ...]:
+    from workers.hf_baselines import HF_BASELINES
+
+    return tuple(HF_BASELINES)
+
+
+def _parse_grid(grid: Any, problems: _Problems) -> list[NamedConfig]:
+    if grid is None:
+        return []
+    if not isinstance(grid, Mapping):
+        problems.add("grid", f"must be a mapping of CompressionConfig fields to lists of values, got {grid!r}")
+        return []
+    base_name = grid.get("base")
+    base = CompressionConfig().to_dict()
+    if base_name is not None:
+        preset = _preset(base_name)
+        if preset is None:
+            problems.add("grid.base", f"unknown preset {base_name!r}; allowed: {', '.join(BASELINES)}")
+        else:
+            base = preset
+    axes: list[tuple[str, list[Any]]] = []
+    for key, values in grid.items():
+        if key == "base":
+            continue
+        if key not in _FIELD_NAMES:
+            problems.add(f"grid.{key}", f"unknown CompressionConfig field; allowed: base, {', '.join(_FIELD_NAMES)}")
+            continue
+        values = _list_of(values)
+        if not values:
+            problems.add(f"grid.{key}", "empty list (give at least one value)")
+            continue
+        axes.append((key, values))
+    n_points = 1
+    for _, values in axes:
+        n_points *= len(values)
+    if n_points > MAX_GRID_POINTS:
+        problems.add("grid", f"{n_points} points is more than {MAX_GRID_POINTS}; split the sweep")
+        return []
+    out = []
+    for combo in itertools.product(*(range(len(v)) for _, v in axes)):
+        values = dict(base)
+        paths: dict[str, str] = {}
+        for (key, vals), i in zip(axes, combo):
+            values[key] = vals[i]
+            paths[key] = f"grid.{key}[{i}]" if isinstance(grid[key], (list, tuple)) else f"grid.{key}"
+        issues = _config_problems(values)
+        for fname, message in issues:
+            path = paths.get(fname)
+            if path is None:  # a combination: name every grid axis the message mentions
+                involved = [p for k, p in paths.items() if re.search(rf"\b{k}\b", message)]
+                path = " + ".join(involved) or "grid"
+                message = f"{fname}={message}" if fname else message
+                if base_name is not None and not involved:
+                    path = "grid.base"
+            problems.add(path, message)
+        if not issues:
+            label = "grid " + ",".join(f"{k}={values[k]}" for k, _ in axes) if axes else "grid"
+            out.append(NamedConfig(label, CompressionConfig(**values)))
+    return out
+
+
+def _parse_points(points: Any, problems: _Problems) -> list[NamedConfig]:
+    if points is None:
+        return []
+    if not isinstance(points, (list, tuple)):
+        problems.add("points", "must be a list of config mappings")
+        return []
+    out = []
+    for i, point in enumerate(points):
+        path = f"points[{i}]"
+        if not isinstance(point, Mapping):
+            problems.add(path, f"must be a mapping (CompressionConfig fields, or baseline: NAME + overrides), got {point!r}")
+            continue
+        point = dict(point)
+        name = point.get("baseline")
+        if name is not None and name in _hf_names():
+            from workers.units import config_from_mapping
+
+            try:
+                out.append(NamedConfig(f"points[{i}] {name}", config_from_mapping(point)))
+            except (ValueError, TypeError) as err:
+                problems.add(path, str(err))
+            continue
+        point.pop("baseline", None)
+        base = CompressionConfig().to_dict() if name is None else _preset(name)
+        if base is None:
+            problems.add(f"{path}.baseline", f"unknown baseline {name!r}; allowed: "
+                         f"{', '.join(BASELINES + _hf_names())}")
+            continue
+        bad = [k for k in point if k not in _FIELD_NAMES]
+        for k in bad:
+            problems.add(f"{path}.{k}", f"unknown CompressionConfig field; allowed: baseline, {', '.join(_FIELD_NAMES)}")
+        if bad:
+            continue
+        values = {**base, **point}
+        issues = _config_problems(values)
+        for fname, message in issues:
+            problems.add(f"{path}.{fname}" if fname in point else path,
+                         message if fname in point else f"{fname}={message}")
+        if not issues:
+            out.append(NamedConfig(f"points[{i}]" + (f" {name}" if name else ""), CompressionConfig(**values)))
+    return out
+
+
+def _parse_baselines(names: Any, problems: _Problems) -> list[NamedConfig]:
+    if names is None:
+        return []
+    out = []
+    for i, name in enumerate(_list_of(names)):
+        path = f"baselines[{i}]" if isinstance(names, (list, tuple)) else "baselines"
+        if name in BASELINES:
+            out.append(NamedConfig(f"baseline {name}", baseline(name)))
+        elif name in _hf_names():
+            from workers.hf_baselines import hf_baseline
+
+            out.append(NamedConfig(f"baseline {name}", hf_baseline(name)))
+        else:
+            problems.add(path, f"unknown baseline {name!r}; allowed: {', '.join(BASELINES + _hf_names())}")
+    return out
+
+
+def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> list[DatasetSpec]:
+    from workers.units import TASK_NAMES, task_kind
+
+    if not isinstance(data, (list, tuple)) or not data:
+        problems.add("datasets", "required: a non-empty list of {task: NAME, ...} entries")
+        return []
+    out: list[DatasetSpec] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(data):
+        path = f"datasets[{i}]"
+        if not isinstance(entry, Mapping):
+            problems.add(path, f"must be a mapping with task: NAME, got {entry!r}")
+            continue
+        _unknown(problems, path, entry, _DATASET_KEYS)
+        if ("task" in entry) == ("tasks" in entry):
+            problems.add(path, "give exactly one of task: NAME or tasks: [NAMES]")
+            continue
+        key = "task" if "task" in entry else "tasks"
+        tasks = _list_of(entry[key])
+        kwargs: dict[str, Any] = {}
+        if "context_length" in entry:
+            kwargs["context_length"] = _int_field(problems, f"{path}.context_length", entry["context_length"], 2)
+        if "shards" in entry:
+            kwargs["shards"] = _int_field(problems, f"{path}.shards", entry["shards"], 1)
+        if "limit" in entry:
+            kwargs["limit"] = _int_field(problems, f"{path}.limit", entry["limit"], 1, optional=True)
+        if "max_length" in entry:
+            kwargs["max_length"] = _int_field(problems, f"{path}.max_length", entry["max_length"], 1)
+        source = entry.get("source")
+        if source is not None and not isinstance(source, str):
+            problems.add(f"{path}.source", f"{source!r} must be a path or hf://datasets/<owner>/<name>")
+            source = None
+        if source and not source.startswith("hf://") and "://" not in source and base_dir is not None:
+            resolved = Path(source) if Path(source).is_absolute() or Path(source).exists() else base_dir / source
+            if not resolved.exists():
+                problems.add(f"{path}.source", f"no local file or folder {source!r}")
+            else:
+                source = str(resolved)
+        for j, task in enumerate(tasks):
+            tpath = f"{path}.{key}" + (f"[{j}]" if key == "tasks" else "")
+            if task not in TASK_NAMES:
+                problems.add(tpath, f"unknown task {task!r}; allowed: {', '.join(TASK_NAMES)}")
+                continue
+            kind = task_kind(task)
+            if kind == "longbench" and not source:
+                problems.add(f"{path}.source", f"required for LongBench task {task!r} (a .jsonl/.parquet file, "
+                             "a folder of <task>.jsonl, or hf://datasets/<owner>/<name>)")
+                continue
+            ctx = kwargs.get("context_length")
+            if kind == "synthetic" and isinstance(ctx, int) and ctx < 20:
+                problems.add(f"{path}.context_length", f"{ctx} is too small for synthetic task {task!r} "
+                             "(allowed: >= 20 words)")
+            if task in seen:
+                problems.add(tpath, f"task {task!r} already appears in {seen[task]}; results are keyed by "
+                             "(model, config, task, shard), so a sweep holds one setting per task "
+                             "(run another sweep for another context length or source)")
+                continue
+            seen[task] = tpath
+            if None in (kwargs.get("context_length", 0), kwargs.get("shards", 0), kwargs.get("max_length", 0)):
+                continue  # already reported
+            out.append(DatasetSpec(task=task, source=source, **kwargs))
+    return out
+
+
+def parse_spec(data: Any, *, source: str = "spec", base_dir: str | Path | None = None,
+               default_name: str = "sweep") -> SweepSpec:
+    """A validated `SweepSpec` from a mapping; raises `SpecError` with every problem."""
+    problems = _Problems()
+    if not isinstance(data, Mapping):
+        raise SpecError([f"the top level must be a mapping, got {type(data).__name__}"], source)
+    defaults = SweepSpec()
+    _unknown(problems, "", data, _TOP_KEYS)
+    kw: dict[str, Any] = {}
+
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        problems.add("name", f"{name!r} must be a non-empty string")
+    kw["name"] = str(name)
+
+    if "model" in data and "models" in data:
+        problems.add("models", "give model: NAME or models: [NAMES], not both")
+    models = _list_of(data.get("models", data.get("model", list(defaults.models))))
+    mpath = "models" if "models" in data else "model"
+    if not models:
+        problems.add(mpath, "at least one model is required")
+    for i, m in enumerate(models):
+        if not isinstance(m, str) or not m.strip():
+            problems.add(f"{mpath}[{i}]" if mpath == "models" else mpath, f"{m!r} must be a model name, hub id or folder")
+    kw["models"] = tuple(dict.fromkeys(str(m) for m in models))
+
+    for key, allowed in (("dtype", _DTYPES), ("device", _DEVICES)):
+        if key in data:
+            if data[key] not in allowed:
+                problems.add(key, f"{data[key]!r} is out of range (allowed: {' | '.join(allowed)})")
+            kw[key] = str(data[key])
+
+    configs = _parse_grid(data.get("grid"), problems) + _parse_points(data.get("points"), problems) \
+        + _parse_baselines(data.get("baselines"), problems)
+    unique: dict[str, NamedConfig] = {}
+    for c in configs:
+        unique.setdefault(c.config_id, c)
+    if not configs and not any(k in data for k in ("grid", "points", "baselines")):
+        problems.add("grid", "no configs: give grid:, points: and/or baselines:")
+    kw["configs"] = tuple(unique.values())
+
+    kw["datasets"] = tuple(_parse_datasets(data.get("datasets"), problems,
+                                           Path(base_dir) if base_dir is not None else None))
+
+    if "shards" in data:
+        kw["shards"] = _int_field(problems, "shards", data["shards"], 1)
+    if "limit" in data:
+        kw["limit"] = _int_field(problems, "limit", data["limit"], 1, optional=True)
+    if "seed" in data:
+        if not _is_int(data["seed"]):
+            problems.add("seed", f"{data['seed']!r} must be an integer")
+        kw["seed"] = data["seed"]
+    if "max_attempts" in data:
+        kw["max_attempts"] = _int_field(problems, "max_attempts", data["max_attempts"], 1)
+    gen = data.get("generation", {})
+    if not isinstance(gen, Mapping):
+        problems.add("generation", "must be a mapping (max_length: N)")
+    else:
+        _unknown(problems, "generation", gen, {"max_length"})
+        if "max_length" in gen:
+            kw["max_length"] = _int_field(problems, "generation.max_length", gen["max_length"], 1)
+
+    store = data.get("store", {}) or {}
+    if not isinstance(store, Mapping):
+        problems.add("store", "must be a mapping (url:, blobs:)")
+        store = {}
+    _unknown(problems, "store", store, {"url", "blobs"})
+    for key in ("url", "blobs"):
+        if key in store and store[key] is not None and not isinstance(store[key], str):
+            problems.add(f"store.{key}", f"{store[key]!r} must be a string")
+    kw["store"] = StoreSpec(url=store.get("url"), blobs=store.get("blobs"))
+
+    res = data.get("resources", {}) or {}
+    if not isinstance(res, Mapping):
+        problems.add("resources", "must be a mapping")
+        res = {}
+    _unknown(problems, "resources", res, {f.name for f in dataclasses.fields(ResourceSpec)})
+    rkw: dict[str, Any] = {}
+    if "num_actors" in res:
+        rkw["num_actors"] = _int_field(problems, "resources.num_actors", res["num_actors"], 1)
+    for key in ("max_restarts", "max_task_retries"):
+        if key in res:
+            value = res[key]
+            if not _is_int(value) or value < -1:
+                problems.add(f"resources.{key}", f"{value!r} is out of range (allowed: integer >= -1; -1 = unlimited)")
+            rkw[key] = value
+    if "num_gpus_per_actor" in res:
+        value = res["num_gpus_per_actor"]
+        if value in (None, "auto"):
+            value = None
+        elif not _is_num(value) or value < 0:
+            problems.add("resources.num_gpus_per_actor", f"{value!r} is out of range (allowed: auto or a number >= 0)")
+        rkw["num_gpus_per_actor"] = value
+    if "num_cpus_per_actor" in res:
+        value = res["num_cpus_per_actor"]
+        if not _is_num(value) or value < 0:
+            problems.add("resources.num_cpus_per_actor", f"{value!r} is out of range (allowed: a number >= 0)")
+        rkw["num_cpus_per_actor"] = value
+    if "write_results" in res:
+        if res["write_results"] not in ("driver", "actor"):
+            problems.add("resources.write_results", f"{res['write_results']!r} is out of range (allowed: driver | actor)")
+        rkw["write_results"] = res["write_results"]
+    kw["resources"] = ResourceSpec(**rkw)
+
+    if data.get("sweep_id") is not None:
+        sid = data["sweep_id"]
+        if not isinstance(sid, str) or not _SWEEP_ID.match(sid):
+            problems.add("sweep_id", f"{sid!r} must be 1-128 of letters, digits, '_', '.', '-'")
+        kw["sweep_id"] = sid
+
+    # Impossible combinations across sections.
+    if kw.get("device") == "cuda" and kw["resources"].num_gpus_per_actor == 0:
+        problems.add("resources.num_gpus_per_actor", "0 GPUs per actor with device: cuda")
+    if problems:
+        raise SpecError(problems, source)
+    kw["raw"] = dict(data)
+    return SweepSpec(**kw)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Reads and validates a YAML spec file (paths inside are relative to the file or the cwd)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sweep spec {p} not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError([f"not valid YAML: {err}"], str(p)) from None
+    return parse_spec(data if data is not None else {}, source=str(p), base_dir=Path.cwd(),
+                      default_name=p.stem)
+
+
+def apply_overrides(spec: SweepSpec, *, db: str | None = None, blobs: str | None = None,
+                    sweep_id: str | None = None, num_actors: int | None = None,
+                    max_attempts: int | None = None, limit: int | None = None) -> SweepSpec:
+    """Command-line values over the file's (None leaves a value as it is). `limit` caps the
+    samples per shard of every dataset (a quick end-to-end run of a real spec)."""
+    problems = _Problems()
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        problems.add("--limit", f"{limit!r} is out of range (allowed: integer >= 1)")
+    if num_actors is not None and (not _is_int(num_actors) or num_actors < 1):
+        problems.add("--num-actors", f"{num_actors!r} is out of range (allowed: integer >= 1)")
+    if max_attempts is not None and (not _is_int(max_attempts) or max_attempts < 1):
+        problems.add("--max-attempts", f"{max_attempts!r} is out of range (allowed: integer >= 1)")
+    if sweep_id is not None and not _SWEEP_ID.match(sweep_id):
+        problems.add("--sweep-id", f"{sweep_id!r} must be 1-128 of letters, digits, '_', '.', '-'")
+    if problems:
+        raise SpecError(problems, "command line")
+    store = dataclasses.replace(spec.store, url=db or spec.store.url, blobs=blobs or spec.store.blobs)
+    resources = spec.resources if num_actors is None else dataclasses.replace(spec.resources, num_actors=num_actors)
+    datasets = spec.datasets
+    if limit is not None:
+        datasets = tuple(dataclasses.replace(d, limit=min(limit, d.limit or spec.limit or limit))
+                         for d in spec.datasets)
+    return dataclasses.replace(spec, store=store, resources=resources, sweep_id=sweep_id or spec.sweep_id,
+                               max_attempts=max_attempts or spec.max_attempts, datasets=datasets,
+                               limit=limit if limit is not None else spec.limit)
+
+
+__all__ = ["DatasetSpec", "NamedConfig", "ResourceSpec", "SpecError", "StoreSpec", "SweepSpec",
+           "apply_overrides", "load_spec", "parse_spec"]

@@ -1,0 +1,83 @@
+"""`python -m cluster.sweep SPEC`: run a sweep spec (the `ray job submit` entrypoint).
+
+    python -m cluster.sweep sweeps/smoke.yaml [--address HOST:6379] [--db URL] [--blobs URI]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m cluster.sweep sweeps/tiny.yaml --db sqlite:////tmp/streamkv.db
+
+Without --address (and without $RAY_ADDRESS, which `ray job submit` sets) Ray starts inside
+this process with every listener on 127.0.0.1. The spec is validated completely before
+anything runs. Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec
+or unreachable store/cluster, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+DEFAULT_SPEC = "sweeps/smoke.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", nargs="?", default=DEFAULT_SPEC,
+                        help=f"sweep spec YAML (default {DEFAULT_SPEC})")
+    parser.add_argument("--address", help="Ray cluster (GCS host:port or 'auto'); default: $RAY_ADDRESS, "
+                                          "else a local Ray on 127.0.0.1")
+    parser.add_argument("--db", help="results database URL (overrides the spec's store.url)")
+    parser.add_argument("--blobs", help="blob root, a folder or s3://bucket/prefix (overrides store.blobs)")
+    parser.add_argument("--sweep-id", help="resume/name this sweep id (default: <name>-<spec hash>)")
+    parser.add_argument("--num-actors", type=int, help="actors per model (overrides resources.num_actors)")
+    parser.add_argument("--max-attempts", type=int, help="attempts per unit (overrides max_attempts)")
+    parser.add_argument("--limit", type=int, help="cap the samples per shard of every dataset")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from store import StoreError
+
+    from .driver import ClusterConnectionError, report, run_sweep
+    from .plan import plan
+    from .spec import SpecError, apply_overrides, load_spec
+
+    try:
+        spec = apply_overrides(load_spec(args.spec), db=args.db, blobs=args.blobs, sweep_id=args.sweep_id,
+                               num_actors=args.num_actors, max_attempts=args.max_attempts,
+                               limit=args.limit)
+    except (SpecError, FileNotFoundError) as err:
+        print(f"streamkv sweep: invalid spec, nothing was run.\n{err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        units = plan(spec)
+        print(f"sweep {spec.resolved_sweep_id}: {len(units)} units "
+              f"({len(spec.models)} model(s) x {len(spec.configs)} config(s) x {len(spec.datasets)} task(s) x shards)")
+        for unit in units:
+            print(f"  {unit.model}  {unit.key.config_id}  {unit.method:<12} {unit.task:<26} {unit.shard}")
+        return 0
+    try:
+        summary = run_sweep(spec, address=args.address, progress=not args.no_progress)
+    except StoreError as err:
+        print(f"streamkv sweep: the results store is not usable: {err}\n"
+              "Check --db / store.url (for PostgreSQL: is the server up and reachable from here, "
+              "`pip install -e .[postgres]`?), or use the default SQLite file.", file=sys.stderr)
+        return 2
+    except ClusterConnectionError as err:
+        print(f"streamkv sweep: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nstreamkv sweep: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    report(summary)
+    return 1 if summary.failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
