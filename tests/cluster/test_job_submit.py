@@ -32,6 +32,8 @@ def test_ray_job_submit_runs_tiny_sweep(tmp_path, helpers):
     temp_dir = Path("/tmp") / f"skv-ray-{uuid.uuid4().hex[:8]}"
     gcs_port, dash_port = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray 2.60 head: token auth on by default
+    # As in an activated environment: the job's `python` is this interpreter (the project's venv).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.pop("RAY_ADDRESS", None)
     db = tmp_path / "job.db"
     start = [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
