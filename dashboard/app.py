@@ -186,9 +186,11 @@ def trace_view(url: str, blobs_uri: str, results: pd.DataFrame, state: dict[str,
     ).properties(height=360, title=f"Outlier channels per layer x head ({kind}s)"),
         width="stretch")
     if summary is not None and not summary.empty:
-        head_dim = st.number_input("Channels per head (head_dim)", min_value=1, step=1,
-                                   value=v.guess_head_dim(outliers), key="head_dim")
-        ratio = v.layer_outlier_ratio(summary, int(head_dim))
+        head_dim = None
+        if "head_dim" not in summary.columns:  # traces written before head_dim was recorded
+            head_dim = int(st.number_input("Channels per head (head_dim)", min_value=1, step=1,
+                                           value=v.guess_head_dim(outliers), key="head_dim"))
+        ratio = v.layer_outlier_ratio(summary, head_dim)
         st.altair_chart(alt.Chart(ratio).mark_bar().encode(
             x=alt.X("layer:O", title="Layer (index)"),
             y=alt.Y("outlier_ratio:Q", title="Outlier ratio (fraction of channels)"),

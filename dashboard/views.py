@@ -196,13 +196,17 @@ def guess_head_dim(outliers: pd.DataFrame) -> int:
     return max(8, 1 << (top - 1).bit_length())
 
 
-def layer_outlier_ratio(summary: pd.DataFrame, head_dim: int) -> pd.DataFrame:
-    """Per layer and kind: outlier channels / (heads x head_dim), mean over samples."""
+def layer_outlier_ratio(summary: pd.DataFrame, head_dim: int | None = None) -> pd.DataFrame:
+    """Per layer and kind: outlier channels / (heads x head_dim), mean over samples. head_dim
+    comes from the trace's own column; the argument is for traces without one."""
     cols = ["layer", "kind", "outlier_ratio", "outlier_channels"]
     if summary.empty:
         return pd.DataFrame(columns=cols)
     heads = summary["heads"] if "heads" in summary.columns else 1
-    df = summary.assign(outlier_ratio=summary["outlier_channels"] / (heads * head_dim))
+    dims = summary["head_dim"] if "head_dim" in summary.columns else head_dim
+    if dims is None:
+        raise ValueError("layer_summary has no head_dim column: pass head_dim")
+    df = summary.assign(outlier_ratio=summary["outlier_channels"] / (heads * dims))
     out = df.groupby(["layer", "kind"], as_index=False).agg(
         outlier_ratio=("outlier_ratio", "mean"), outlier_channels=("outlier_channels", "mean"))
     return out[cols]

@@ -118,7 +118,9 @@ def load_model(name_or_path: str, compression_config: CompressionConfig | None =
             model = CompressedLlamaForCausalLM.from_pretrained(cached, compression_config=cfg, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(cached)
         else:
-            log.info("dequantizing %s (first load; cached afterwards)", gguf.name)
+            # A warning so that users see why the first load takes ~20 s (later loads: seconds).
+            log.warning("streamkv: first load of %s: dequantizing the GGUF weights and caching "
+                        "them under %s", gguf.name, cached)
             sha = file_sha256(gguf)
             model = CompressedLlamaForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, compression_config=cfg, **kwargs)

@@ -9,7 +9,7 @@ Two pyarrow tables (the keys of `UnitResult.traces`):
   statistic, or the calibrated one), head_median and head_max (float64, over the head's
   channels; the outlier rule compares the statistic with relative x head_median).
 - "layer_summary": one row per sample, layer and kind, with columns sample_id, layer, kind,
-  heads (int32), outlier_channels (int32, total over heads), max_head_outliers (int32),
+  heads (int32), head_dim (int32), outlier_channels (int32, total over heads), max_head_outliers (int32),
   head_median_mean (float64, mean over heads), head_max (float64, max over heads),
   sink_tokens (int32, tokens kept at the sink bits in this layer), tokens (int32, cache length).
 
@@ -30,7 +30,7 @@ OUTLIER_SCHEMA = pa.schema([
 ])
 SUMMARY_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("layer", pa.int32()), ("kind", pa.string()), ("heads", pa.int32()),
-    ("outlier_channels", pa.int32()), ("max_head_outliers", pa.int32()),
+    ("head_dim", pa.int32()), ("outlier_channels", pa.int32()), ("max_head_outliers", pa.int32()),
     ("head_median_mean", pa.float64()), ("head_max", pa.float64()), ("sink_tokens", pa.int32()),
     ("tokens", pa.int32()),
 ])
@@ -59,6 +59,7 @@ class TraceCollector:
             counts = [len(r["outlier_channels"]) for r in rows]
             values = {
                 "sample_id": sample_id, "layer": layer, "kind": kind, "heads": len(rows),
+                "head_dim": rows[0]["head_dim"],
                 "outlier_channels": sum(counts), "max_head_outliers": max(counts),
                 "head_median_mean": sum(r["head_median"] for r in rows) / len(rows),
                 "head_max": max(r["head_max"] for r in rows),

@@ -160,7 +160,7 @@ class StreamingLayer(PackedLayer):
             per_head = stats.absmax.view(self.n_heads, -1)
             for h in range(self.n_heads):
                 chans = mask[h].nonzero().squeeze(-1)
-                rows.append({"kind": kind, "head": h,
+                rows.append({"kind": kind, "head": h, "head_dim": self.head_dim,
                              "outlier_channels": chans.tolist(),
                              "outlier_stats": per_head[h, chans].tolist(),
                              "head_median": float(per_head[h].median()),

@@ -64,6 +64,9 @@ def test_heatmap_shape_and_counts() -> None:
                          "heads": [2, 2], "outlier_channels": [4, 2]})
     ratio = v.layer_outlier_ratio(summ, head_dim=16)
     assert ratio["outlier_ratio"].tolist() == [pytest.approx(3 / 32)]
+    # Traces that record head_dim use it, whatever the argument.
+    ratio = v.layer_outlier_ratio(summ.assign(head_dim=64), head_dim=16)
+    assert ratio["outlier_ratio"].tolist() == [pytest.approx(3 / 128)]
 
 
 def test_filters_and_labels() -> None:
