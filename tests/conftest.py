@@ -9,6 +9,16 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One torch thread for a module: tiny models gain nothing from more, and lose much when the
+    other core is busy (CI runs on 2)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def tiny_llama_config(**overrides) -> LlamaConfig:
     """4 query heads sharing 2 KV heads (GQA), head_dim 16, 2 layers."""
     params = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

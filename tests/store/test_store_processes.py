@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path

@@ -52,12 +52,8 @@ def smollm2_tokenizer():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from more threads, and loses much when a core is busy."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def _one_thread(one_thread_module):
+    """Module-wide: see tests/conftest.py."""
 
 
 @pytest.fixture(scope="session")

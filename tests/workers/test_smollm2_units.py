@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from streamkv import baseline
 from workers.runner import run_unit
@@ -13,13 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread(smollm2):
-    """One thread: on 2 cores a second thread gains little for this 135M model, and when another
-    process holds a core, two spinning OpenMP threads make it 10x slower."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+def _one_thread(smollm2, one_thread_module):
+    """One thread after the model fixture set two: see tests/conftest.py."""
 
 
 @pytest.fixture(scope="module")
