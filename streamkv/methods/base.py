@@ -8,6 +8,7 @@ transformers' own caches, mostly a list of layers.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -151,9 +152,9 @@ class PackedLayer(CacheLayerMixin):
         return keys, values
 
     # --- what a method implements ----------------------------------------------------------
+    @abstractmethod
     def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Quantize and store new tokens: keys, values [B, S, C] (keys pre-RoPE if `pre_rope`)."""
-        raise NotImplementedError
 
     # --- accounting ---------------------------------------------------------------------------
     def held_tensors(self, kind: str) -> list[torch.Tensor]:
