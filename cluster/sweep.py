@@ -5,8 +5,10 @@
         python -m cluster.sweep sweeps/tiny.yaml --db sqlite:////tmp/streamkv.db
 
 Without --address (and without $RAY_ADDRESS, which `ray job submit` sets) Ray starts inside
-this process with every listener on 127.0.0.1. The spec is validated completely before
-anything runs. Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec
+this process. With the default local store (SQLite, a blob folder) the run happens in a private
+network namespace where `lo` is the only interface, so every Ray listener is on loopback
+(`cluster/isolation.py`; `--no-isolate` to opt out; where namespaces are not permitted it runs
+without and says so). The spec is validated completely before anything runs. Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec
 or unreachable store/cluster, 130 interrupted.
 """
 
@@ -32,6 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="cap the samples per shard of every dataset")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="local run: do not use a private network namespace for Ray")
+
+
+def to_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of `python -m cluster.sweep` that these parsed arguments came from."""
+    argv = [args.spec]
+    for flag in ("address", "db", "blobs", "sweep_id", "num_actors", "max_attempts", "limit"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    return argv + (["--no-progress"] if args.no_progress else [])
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -55,6 +69,19 @@ def run_from_args(args: argparse.Namespace) -> int:
         for unit in units:
             print(f"  {unit.model}  {unit.key.config_id}  {unit.method:<12} {unit.task:<26} {unit.shard}")
         return 0
+    from . import isolation
+
+    if not args.no_isolate and isolation.wanted(args.address, spec.store.resolved_url,
+                                                str(spec.store.resolved_blobs)):
+        if isolation.available():
+            print("streamkv sweep: local run in a private network namespace (only loopback): "
+                  "Ray's listeners are reachable from this run only", flush=True)
+            return isolation.rerun_inside(to_argv(args))
+        print("streamkv sweep: cannot create a network namespace here (unshare -rn); Ray's internal "
+              "ports listen on all interfaces, protected by its token authentication", file=sys.stderr)
+    if isolation.inside():
+        print(f"streamkv sweep: network interfaces in this run: {', '.join(isolation.interfaces())}",
+              flush=True)
     try:
         summary = run_sweep(spec, address=args.address, progress=not args.no_progress)
     except StoreError as err:
