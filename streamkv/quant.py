@@ -80,7 +80,6 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of `pack_bits`: packed uint8 [..., packed_size(n, bits)] -> uint8 codes [..., n]."""
     if 8 % bits == 0:
-        per = 8 // bits
         shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
         codes = (packed.unsqueeze(-1) >> shifts) & max_code(bits)
         return codes.reshape(*packed.shape[:-1], -1)[..., :n]
