@@ -20,6 +20,11 @@ INDEX_DTYPE = torch.int16  # channel indices and segment ids (C < 32768)
 _FP16_MAX = 65504.0
 
 
+def raw_dtype(dtype: torch.dtype) -> torch.dtype:
+    """16-bit storage: the model's own dtype when it is 16-bit, else float16."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
+
+
 @dataclass
 class ScaleLayout:
     """How scales are shared. Scales have shape [B|1, token_groups, n_segments].

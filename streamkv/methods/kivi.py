@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 
 from streamkv.methods.base import Block, PackedLayer
-from streamkv.methods.uniform import raw_dtype
-from streamkv.storage import INDEX_DTYPE, PackedTensor, ScaleLayout, encode
+from streamkv.storage import INDEX_DTYPE, PackedTensor, ScaleLayout, encode, raw_dtype
 
 
 class KiviLayer(PackedLayer):

@@ -19,7 +19,7 @@ import torch
 
 from streamkv.methods.base import Block, PackedLayer
 from streamkv.stats import ChannelStats, outlier_mask
-from streamkv.storage import INDEX_DTYPE, PackedPart, PackedTensor, ScaleLayout, encode
+from streamkv.storage import INDEX_DTYPE, PackedPart, PackedTensor, ScaleLayout, encode, raw_dtype
 
 
 class StreamingLayer(PackedLayer):
@@ -54,9 +54,9 @@ class StreamingLayer(PackedLayer):
 
     def _sink_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
         cfg = self.config
-        k = encode(keys, cfg.key_bits_sink_outlier, ScaleLayout(), raw_dtype=self._raw())
+        k = encode(keys, cfg.key_bits_sink_outlier, ScaleLayout(), raw_dtype=raw_dtype(self.dtype))
         v = encode(values, cfg.value_bits_sink_outlier, self._per_head_tokens(keys.device),
-                   raw_dtype=self._raw())
+                   raw_dtype=raw_dtype(self.dtype))
         return Block(PackedTensor([k], self.n_channels), PackedTensor([v], self.n_channels),
                      meta={"sink": True})
 
@@ -93,7 +93,7 @@ class StreamingLayer(PackedLayer):
         """
         if not bool(outliers.any()) or high_bits == bits:
             layout, given = layout_for(self._index(torch.ones_like(outliers)), False)
-            return [encode(x, bits, layout, given_range=given, raw_dtype=self._raw())]
+            return [encode(x, bits, layout, given_range=given, raw_dtype=raw_dtype(self.dtype))]
         parts = []
         for mask, b, is_outlier in ((~outliers, bits, False), (outliers, high_bits, True)):
             idx = self._index(mask)
@@ -101,7 +101,7 @@ class StreamingLayer(PackedLayer):
                 continue
             layout, given = layout_for(idx, is_outlier)
             parts.append(encode(x.index_select(-1, idx.long()), b, layout, channels=idx,
-                                given_range=given, raw_dtype=self._raw()))
+                                given_range=given, raw_dtype=raw_dtype(self.dtype)))
         return parts
 
     # --- scales and layouts ------------------------------------------------------------------
@@ -141,9 +141,6 @@ class StreamingLayer(PackedLayer):
     def _index(self, mask: torch.Tensor) -> torch.Tensor:
         """Channel indices of a mask; the same tensor for every block with the same mask."""
         return self.shared(("index", mask.cpu().numpy().tobytes()), lambda: mask.nonzero().squeeze(-1).to(INDEX_DTYPE))
-
-    def _raw(self) -> torch.dtype:
-        return self.dtype if self.dtype in (torch.float16, torch.bfloat16) else torch.float16
 
     # --- reporting -----------------------------------------------------------------------------
     def outlier_elements(self) -> tuple[int, int]:

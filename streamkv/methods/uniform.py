@@ -9,18 +9,13 @@ from __future__ import annotations
 import torch
 
 from streamkv.methods.base import Block, PackedLayer
-from streamkv.storage import INDEX_DTYPE, PackedTensor, ScaleLayout, encode
+from streamkv.storage import INDEX_DTYPE, PackedTensor, ScaleLayout, encode, raw_dtype
 
 
 def per_head_layout(n_heads: int, head_dim: int, device: torch.device, symmetric: bool) -> ScaleLayout:
     """One scale (or lo/step pair) per token and KV head."""
     segment_of = torch.arange(n_heads, device=device).repeat_interleave(head_dim).to(INDEX_DTYPE)
     return ScaleLayout(token_group=1, segment_of=segment_of, n_segments=n_heads, symmetric=symmetric)
-
-
-def raw_dtype(dtype: torch.dtype) -> torch.dtype:
-    """16-bit storage: the model's own dtype when it is 16-bit, else float16."""
-    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
 
 
 class NoCompressionLayer(PackedLayer):
