@@ -26,7 +26,7 @@ command line overrides the YAML (`apply_overrides`).
     datasets:
       - {task: passage_retrieval_synth, context_length: 400}
       - {tasks: [narrativeqa, qasper], source: data/longbench}
-      - {task: wikitext2_ppl, context_length: 512, limit: 2, shards: 1}
+      - {task: wikitext2_ppl, context_length: 1024, limit: 2, shards: 1}
     shards: 2                         # per task (datasets[i].shards overrides)
     limit: 2                          # samples (windows) per shard; null = all
     generation: {max_length: 3500}    # prompt tokens (middle truncation)
@@ -534,10 +534,32 @@ def parse_spec(data: Any, *, source: str = "spec", base_dir: str | Path | None =
     # Impossible combinations across sections.
     if kw.get("device") == "cuda" and kw["resources"].num_gpus_per_actor == 0:
         problems.add("resources.num_gpus_per_actor", "0 GPUs per actor with device: cuda")
+    _check_unquantized_windows(kw.get("configs", ()), kw.get("datasets", ()), problems)
     if problems:
         raise SpecError(problems, source)
     kw["raw"] = dict(data)
     return SweepSpec(**kw)
+
+
+def _check_unquantized_windows(configs, datasets, problems: _Problems) -> None:
+    """Under the streaming protocol a chunk attends to its own keys/values in full precision,
+    so a perplexity window no longer than one chunk never sees a quantized token: its
+    perplexity would equal the uncompressed one whatever the method. Reject that pairing."""
+    from streamkv.config import CompressionConfig
+    from workers.units import PERPLEXITY_TASKS
+
+    for i, d in enumerate(datasets):
+        if d.task not in PERPLEXITY_TASKS:
+            continue
+        for named in configs:
+            cfg = named.config
+            if (isinstance(cfg, CompressionConfig) and not cfg.is_lossless
+                    and not cfg.quantize_current_chunk and d.context_length <= cfg.chunk_size):
+                problems.add(f"datasets[{i}].context_length",
+                             f"{d.context_length} <= chunk_size={cfg.chunk_size} of {named.label}: a "
+                             "window inside one chunk is never quantized under the streaming protocol "
+                             "(use a longer context, a smaller chunk_size, or quantize_current_chunk: true)")
+                break
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -93,7 +93,7 @@ def test_bad_source_fails_after_max_attempts_others_succeed(local_ray, tmp_path,
     spec = apply_overrides(parse_spec({
         "name": "bad-source", "models": ["tiny-random-llama"], "baselines": ["streamkv-4"],
         "datasets": [{"task": "narrativeqa", "source": str(bad)},
-                     {"task": "wikitext2_ppl", "context_length": 128, "limit": 1}],
+                     {"task": "wikitext2_ppl", "context_length": 640, "limit": 1}],
         "shards": 1, "max_attempts": 2, "generation": {"max_length": 256},
         "resources": {"num_actors": 2},
     }, base_dir=REPO), db=store_paths[0], blobs=store_paths[1])

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _spec(**data):
     base = {"models": ["tiny-random-llama"], "baselines": ["none"],
-            "datasets": [{"task": "wikitext2_ppl", "context_length": 128}]}
+            "datasets": [{"task": "wikitext2_ppl", "context_length": 4096}]}
     base.update(data)
     return parse_spec(base, base_dir=REPO)
 
@@ -150,3 +150,14 @@ def test_spec_is_frozen_and_round_trips_to_json():
         spec.shards = 3  # type: ignore[misc]
     json.dumps(spec.to_dict())
     yaml.safe_dump(spec.content())
+
+
+def test_perplexity_windows_inside_one_chunk_are_rejected():
+    """Under the streaming protocol such a window never sees a quantized token."""
+    with pytest.raises(SpecError) as err:
+        _spec(baselines=["none", "streamkv-4"], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
+    assert "datasets[0].context_length: 512 <= chunk_size=512" in str(err.value)
+    # The uncompressed baseline, the strict protocol and longer windows are fine.
+    _spec(baselines=["none"], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
+    _spec(points=[{"quantize_current_chunk": True}], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
+    _spec(baselines=["streamkv-4"], datasets=[{"task": "wikitext2_ppl", "context_length": 1024}])
