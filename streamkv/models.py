@@ -16,6 +16,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from streamkv.config import CompressionConfig
+from streamkv.hashing import file_sha256
 from streamkv.modeling import CompressedLlamaForCausalLM
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,6 @@ def cache_root() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(os.environ.get("STREAMKV_CACHE") or user_cache_dir("streamkv"))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _weights_sha256(folder: Path) -> str:

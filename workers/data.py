@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamkv.hashing import file_sha256  # noqa: F401  (re-exported: callers hash data files here)
+
 HUB_PREFIX = "hf://datasets/"
 _SCRIPT_ONLY_REPO = "thudm/longbench"
 _HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -230,10 +232,3 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
