@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -53,6 +53,8 @@ class LoadedModel:
     model_id: str
     weights_sha256: str  # of the weights file(s) the model was built from
     load_seconds: float
+    # Configs this model already ran once (an untimed warm-up), so timings exclude first-call costs.
+    warmed: set[str] = field(default_factory=set)
 
 
 def gguf_path(name: str) -> Path:

@@ -167,16 +167,15 @@ class _Totals:
     kv_notes: set[str] = field(default_factory=set)
 
 
-_WARM: set[tuple[int, str]] = set()
-
-
-def _warm_up(model, plan: _Plan) -> None:
-    key = (id(model), repr(plan.run_config) + repr(plan.hf))
-    if key in _WARM:
+def _warm_up(loaded, plan: _Plan) -> None:
+    """One untimed 8-token forward per loaded model and config (recorded on `loaded`)."""
+    key = repr(plan.run_config) + repr(plan.hf)
+    if key in loaded.warmed:
         return
+    model = loaded.model
     ids = torch.arange(1, 9, device=model.device).view(1, -1) % model.config.vocab_size
     model(ids, past_key_values=plan.new_cache(model), logits_to_keep=1)
-    _WARM.add(key)
+    loaded.warmed.add(key)
 
 
 def _sync(device: torch.device) -> None:
@@ -328,7 +327,7 @@ def run_unit(loaded, unit: WorkUnit, progress: ProgressFn | None = None) -> Unit
             report(f"{label}: loading samples")
             items = [(s.id, s) for s in longbench_samples(unit)]
         if items:
-            _warm_up(model, plan)
+            _warm_up(loaded, plan)
         memory.start()
         for number, (sample_id, item) in enumerate(items, start=1):
             where = f"{unit.key}: sample {sample_id!r} ({number}/{len(items)})"
