@@ -1,15 +1,19 @@
 """Prefill time and peak memory: compressed vs uncompressed, same model, same chunk size.
 
     python benchmarks/speed.py                                  # SmolLM2 on CPU, 2048 tokens
-    python benchmarks/speed.py --model llama2-7b-random --lengths 4096 16384 32768   # CUDA, bf16
+    python benchmarks/speed.py --model llama2-7b-random --lengths 4096 16384 32768 --chunk-size 2048   # CUDA, bf16
 
 Rows per length (medians of --repeats runs after one warm-up, `logits_to_keep=1`):
-- `full`: plain transformers, whole prompt in one forward, DynamicCache;
+- `full`: plain transformers, whole prompt in one forward, DynamicCache, its own `sdpa`;
 - `chunked-none`: our chunked prefill with 16-bit storage (method none);
-- `streamkv-4` (and any --configs): our chunked prefill with the compressed cache.
+- `streamkv-4` (and any --configs): our chunked prefill with the compressed cache; on CUDA the
+  packing/unpacking runs in the Triton kernels (streamkv.kernels), and `--torch-path` adds a
+  `<config>/torch` row with the plain-torch reference path for comparison.
 Ratios are against `full` of the same run. Peak memory is torch.cuda.max_memory_allocated on
-CUDA; on CPU it is the bytes held by the KV cache (measured: the plain cache's tensors, or
-our cache's peak after any step), since the process RSS cannot be reset between rows.
+CUDA (also shown without the weights, which every row holds); on CPU it is the bytes held by
+the KV cache (measured: the plain cache's tensors, or our cache's peak after any step), since
+the process RSS cannot be reset between rows. On CUDA, before timing, the kernel path is checked
+against the torch path on the first length (last-64-token logits, relative difference).
 """
 
 from __future__ import annotations
@@ -47,9 +51,43 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def run_prefill(model, ids, config: CompressionConfig | None, fused: bool | None, keep: int = 1):
+    """One prefill; config None = plain transformers forward (DynamicCache; time_row sets sdpa)."""
+    if config is None:
+        from transformers import DynamicCache, LlamaForCausalLM
+
+        cache = DynamicCache(config=model.config)
+        return LlamaForCausalLM.forward(model, ids, past_key_values=cache, logits_to_keep=keep), cache
+    from streamkv import CompressedCache
+
+    model.compression_config = config
+    cache = CompressedCache(config, model.config, model.model.rotary_emb, fused=fused)
+    return model(ids, past_key_values=cache, logits_to_keep=keep), cache
+
+
+class model_attention:
+    """Temporarily runs the model with another attention implementation (the plain baseline)."""
+
+    def __init__(self, model, name: str):
+        self.model, self.name = model, name
+
+    def __enter__(self):
+        self.saved = self.model.config._attn_implementation
+        self.model.set_attn_implementation(self.name)
+
+    def __exit__(self, *exc):
+        self.model.set_attn_implementation(self.saved)
+
+
 @torch.no_grad()
-def time_row(model, ids, device: str, config: CompressionConfig | None, repeats: int) -> tuple[float, int]:
-    """(median seconds, peak bytes) of one prefill; config None = plain transformers forward."""
+def time_row(model, ids, device: str, config: CompressionConfig | None, repeats: int,
+             fused: bool | None = None) -> tuple[float, int]:
+    """(median seconds, peak bytes) of one prefill."""
+    with model_attention(model, "sdpa" if config is None else model.config._attn_implementation):
+        return _time_row(model, ids, device, config, repeats, fused)
+
+
+def _time_row(model, ids, device, config, repeats, fused) -> tuple[float, int]:
     times, peak = [], 0
     for i in range(repeats + 1):
         if device.startswith("cuda"):
@@ -57,24 +95,27 @@ def time_row(model, ids, device: str, config: CompressionConfig | None, repeats:
             torch.cuda.reset_peak_memory_stats()
         sync(device)
         start = time.perf_counter()
-        if config is None:
-            from transformers import DynamicCache, LlamaForCausalLM
-
-            cache = DynamicCache(config=model.config)
-            LlamaForCausalLM.forward(model, ids, past_key_values=cache, logits_to_keep=1)
-        else:
-            model.compression_config = config
-            model(ids, logits_to_keep=1)
+        _, cache = run_prefill(model, ids, config, fused)
         sync(device)
-        if i:  # the first run warms up
+        if i:  # the first run warms up (and compiles the kernels)
             times.append(time.perf_counter() - start)
         if device.startswith("cuda"):
             peak = max(peak, torch.cuda.max_memory_allocated())
         elif config is not None:
-            peak = max(peak, model.last_cache.peak_bytes)
+            peak = max(peak, cache.peak_bytes)
         else:  # the plain cache holds every key/value in the model's dtype
             peak = max(peak, sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values)))
+        del cache
     return statistics.median(times), peak
+
+
+@torch.no_grad()
+def check_kernels(model, ids, config: CompressionConfig) -> float:
+    """Relative difference of the last 64 logits: Triton kernels vs the plain-torch path."""
+    fused, _ = run_prefill(model, ids, config, True, keep=64)
+    plain, _ = run_prefill(model, ids, config, False, keep=64)
+    a, b = fused.logits.float(), plain.logits.float()
+    return float((a - b).norm() / b.norm())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,27 +125,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--configs", nargs="*", default=["streamkv-4"])
+    ap.add_argument("--torch-path", action="store_true",
+                    help="also time the plain-torch packing path on CUDA (<config>/torch rows)")
     args = ap.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     model = build_model(args.model, device, dtype)
+    weights = sum(p.nbytes for p in model.parameters()) if device == "cuda" else 0
     vocab = model.config.vocab_size
     print(f"{args.model} on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}), "
-          f"{dtype}, chunk {args.chunk_size}, median of {args.repeats}")
-    print(f"{'tokens':>7} {'row':<14} {'seconds':>9} {'x full':>7} {'peak MB':>9} {'x full':>7}")
+          f"{dtype}, chunk {args.chunk_size}, median of {args.repeats}; weights {weights / 1e9:.2f} GB")
+    if device == "cuda":
+        ids = torch.randint(0, vocab, (1, args.lengths[0]), device=device)
+        for name in args.configs:
+            diff = check_kernels(model, ids, baseline(name, chunk_size=args.chunk_size))
+            print(f"kernel check {name} at {args.lengths[0]} tokens: relative logit difference "
+                  f"Triton vs torch path {diff:.2e}", flush=True)
+    print(f"{'tokens':>7} {'row':<18} {'seconds':>9} {'x full':>7} {'peak MB':>9} {'x full':>7} "
+          f"{'x full w/o weights':>19}")
     for n in args.lengths:
         ids = torch.randint(0, vocab, (1, n), device=device)
-        rows = {"full": None, "chunked-none": baseline("none", chunk_size=args.chunk_size)}
-        rows.update({c: baseline(c, chunk_size=args.chunk_size) for c in args.configs})
+        rows: list[tuple[str, CompressionConfig | None, bool | None]] = [
+            ("full", None, None), ("chunked-none", baseline("none", chunk_size=args.chunk_size), None)]
+        for name in args.configs:
+            rows.append((name, baseline(name, chunk_size=args.chunk_size), None))
+            if args.torch_path and device == "cuda":
+                rows.append((f"{name}/torch", baseline(name, chunk_size=args.chunk_size), False))
         base_t = base_m = None
-        for label, cfg in rows.items():
-            t, peak = time_row(model, ids, device, cfg, args.repeats)
+        for label, cfg, fused in rows:
+            t, peak = time_row(model, ids, device, cfg, args.repeats, fused)
             if label == "full":
                 base_t, base_m = t, peak
-            mem_ratio = f"{peak / base_m:7.3f}" if base_m else "      -"
-            print(f"{n:>7} {label:<14} {t:9.3f} {t / base_t:7.3f} {peak / 1e6:9.1f} {mem_ratio}", flush=True)
+            above = f"{(peak - weights) / (base_m - weights):19.3f}" if weights else f"{'-':>19}"
+            print(f"{n:>7} {label:<18} {t:9.3f} {t / base_t:7.3f} {peak / 1e6:9.1f} "
+                  f"{peak / base_m:7.3f} {above}", flush=True)
     return 0
 
 

@@ -10,7 +10,7 @@ from transformers.cache_utils import Cache
 
 from streamkv.config import CompressionConfig
 from streamkv.methods import Step, make_layer
-from streamkv.storage import storage_bytes
+from streamkv.storage import storage_sizes
 
 RotaryFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -30,12 +30,14 @@ class CompressedCache(Cache):
     """
 
     def __init__(self, compression_config: CompressionConfig, model_config: PretrainedConfig,
-                 rotary_emb: RotaryFn | None = None):
+                 rotary_emb: RotaryFn | None = None, fused: bool | None = None):
         head_dim = head_dim_of(model_config)
         compression_config.check_head_dim(head_dim)
         n_kv = model_config.num_key_value_heads
         layers = [make_layer(compression_config, n_kv, head_dim)
                   for _ in range(model_config.num_hidden_layers)]
+        for layer in layers:  # fused: Triton kernels (None: on CUDA when Triton is installed)
+            layer.fused = fused
         super().__init__(layers=layers)
         self.compression_config = compression_config
         self.rotary_emb = rotary_emb
@@ -79,11 +81,12 @@ class CompressedCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes of every tensor the cache holds (codes, scales, indices, residuals, positions)."""
-        held = [t for layer in self.layers for kind in ("keys", "values")
-                for t in layer.held_tensors(kind)]
+        sizes: dict[tuple[str, int], int] = {}
+        for layer in self.layers:
+            sizes.update(layer.storage_sizes())
         if self.positions is not None:
-            held.append(self.positions)
-        return storage_bytes(held)
+            sizes.update(storage_sizes([self.positions]))
+        return sum(sizes.values())
 
     def reset(self) -> None:
         for layer in self.layers:

@@ -2,15 +2,20 @@
 
 Only the outer forward changes: the prompt is split into `chunk_size` chunks, each chunk goes
 through transformers' own `LlamaModel` with a `CompressedCache`, and its keys/values are
-quantized as they are produced. Attention, RoPE and the decoder layers are transformers'.
+quantized as they are produced. RoPE and the decoder layers are transformers'; attention is
+transformers' SDPA path except that an unpadded chunk uses a lower-right causal mask
+(`streamkv.attention`) instead of a materialized one, so SDPA can run its flash kernel.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from transformers import LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from streamkv import attention
 from streamkv.cache import CompressedCache
 from streamkv.compression_stats import CompressionStats, compression_stats
 from streamkv.config import CompressionConfig
@@ -18,7 +23,10 @@ from streamkv.config import CompressionConfig
 
 class CompressedLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, config, compression_config: CompressionConfig | None = None):
-        super().__init__(config)
+        # The attention choice below is recorded in the config: keep a caller's config as it was.
+        super().__init__(copy.deepcopy(config))
+        if self.config._attn_implementation == "sdpa":
+            self.set_attn_implementation(attention.NAME)
         self.compression_config = compression_config or CompressionConfig()
         self.last_cache: CompressedCache | None = None
 

@@ -9,7 +9,7 @@ floating-point input: what a block holds is what `nbytes` reports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -70,12 +70,29 @@ class PackedPart:
         return [t for t in held if t is not None]
 
     def decode(self, dtype: torch.dtype) -> torch.Tensor:
-        """-> [B, T, c] in `dtype`."""
+        """-> [B, T, c] in `dtype` (the reference path: plain torch ops)."""
         if self.bits == 16:
             return self.data.to(dtype)
         codes = quant.unpack_bits(self.data, self.bits, self.n_channels)
-        lo, step = _grid(self, codes.shape[1])
+        lo, step = _expand(self, *grid(self))
         return quant.dequantize(codes, lo, step, dtype)
+
+    def decode_into(self, out: torch.Tensor, start: int, fused: bool = False) -> None:
+        """Writes the part's tokens into out[:, start:start+T] [B, T_out, C] at its channels;
+        fused: one Triton kernel (streamkv.kernels) instead of `decode` and a scatter."""
+        if self.n_channels == 0:
+            return
+        dest = out[:, start:start + self.length]
+        if fused and self.bits != 16:
+            from streamkv import kernels
+
+            lo, step = grid(self)
+            kernels.dequantize_into(out, start, self.data, self.bits, self.n_channels, lo, step,
+                                    self.layout.segment_of, self.layout.token_group, self.channels)
+        elif self.channels is None:
+            dest.copy_(self.decode(out.dtype))
+        else:
+            dest[..., self.channels.long()] = self.decode(out.dtype)
 
     def extend(self, x: torch.Tensor) -> None:
         """Appends tokens x [B, t, c]: per-token scales are computed for them, a part-wide
@@ -92,29 +109,33 @@ class PackedPart:
             return
         if lay.token_group is not None:
             raise ValueError("only per-token or part-wide scales can be extended")
-        lo, step = _grid(self, 1)
+        lo, step = _expand(self, *grid(self))
         codes = quant.quantize(x, lo, step, self.bits)
         self.data = torch.cat([self.data, quant.pack_bits(codes, self.bits)], dim=1)
 
 
-def _grid(part: PackedPart, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element (lo, step) broadcastable to codes [B, n_tokens, c]."""
+def grid(part: PackedPart) -> tuple[torch.Tensor, torch.Tensor]:
+    """The part's grid in compact form: fp32 (lo, step) [B|1, token groups, segments]."""
     lay = part.layout
     if lay.log_scale:
         scale = part.scale_ref * torch.exp2((part.scale.float() - LOG_ZERO) / LOG_STEPS)
     else:
         scale = part.scale.float()
-    lo = None if part.lo is None else part.lo.float()
-    if lay.segment_of is not None:  # segment -> channel
-        seg = lay.segment_of.long()
-        scale = scale.index_select(-1, seg)
-        lo = None if lo is None else lo.index_select(-1, seg)
-    if lay.token_group not in (None, 1):  # token group -> token
-        scale = scale.repeat_interleave(lay.token_group, dim=1)
-        lo = None if lo is None else lo.repeat_interleave(lay.token_group, dim=1)
     if lay.symmetric:
         return quant.symmetric_range(scale, part.bits)
-    return lo, scale
+    return part.lo.float(), scale
+
+
+def _expand(part: PackedPart, lo: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compact (lo, step) -> per element, broadcastable to codes [B, T, c]."""
+    lay = part.layout
+    if lay.segment_of is not None:  # segment -> channel
+        seg = lay.segment_of.long()
+        lo, step = lo.index_select(-1, seg), step.index_select(-1, seg)
+    if lay.token_group not in (None, 1):  # token group -> token
+        lo = lo.repeat_interleave(lay.token_group, dim=1)
+        step = step.repeat_interleave(lay.token_group, dim=1)
+    return lo, step
 
 
 def _group_reduce(x: torch.Tensor, lay: ScaleLayout, reduce: str) -> torch.Tensor:
@@ -144,13 +165,15 @@ def encode(x: torch.Tensor, bits: int, layout: ScaleLayout, *,
            channels: torch.Tensor | None = None,
            given_range: tuple[torch.Tensor, torch.Tensor] | None = None,
            scale_ref: torch.Tensor | None = None,
-           raw_dtype: torch.dtype = torch.float16) -> PackedPart:
+           raw_dtype: torch.dtype = torch.float16,
+           fused: bool = False) -> PackedPart:
     """Quantizes x [B, T, c] into a packed part.
 
     given_range: (lo, hi) per segment ([n_seg]) — the streaming statistics — instead of the
     range measured on x (a symmetric layout uses max(|lo|, |hi|)). Scales are rounded (up) to
     their stored format *before* the codes are computed, so dequantization uses exactly the
     grid the codes were chosen on. scale_ref: the reference of an existing log-scale part.
+    fused: codes and packing in one Triton kernel (streamkv.kernels), same math.
     """
     n_channels = x.shape[-1]
     if bits == 16:
@@ -172,8 +195,13 @@ def encode(x: torch.Tensor, bits: int, layout: ScaleLayout, *,
         lo = _to_scale(lo_g)
         scale = _to_scale_up(quant.minmax_range(lo.float(), hi_g, bits)[1])
     part = PackedPart(bits, channels, n_channels, layout, torch.empty(0), scale, lo, ref)
-    lo_e, step_e = _grid(part, x.shape[1])
-    codes = quant.quantize(xf, lo_e, step_e, bits)
+    if fused:
+        from streamkv import kernels
+
+        part.data = kernels.quantize_pack(x, bits, *grid(part), layout.segment_of, layout.token_group,
+                                          quant.packed_size(n_channels, bits))
+        return part
+    codes = quant.quantize(xf, *_expand(part, *grid(part)), bits)
     part.data = quant.pack_bits(codes, bits).contiguous()
     return part
 
@@ -184,6 +212,9 @@ class PackedTensor:
 
     parts: list[PackedPart]
     n_channels: int
+    # storage_sizes of the parts, kept until the next extend: the cache's byte count is taken
+    # after every layer update, and walking every tensor of a long history each time is slow.
+    _sizes: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def length(self) -> int:
@@ -191,25 +222,32 @@ class PackedTensor:
 
     def decode(self, dtype: torch.dtype) -> torch.Tensor:
         """-> [B, T, C]."""
-        if len(self.parts) == 1 and self.parts[0].channels is None:
-            return self.parts[0].decode(dtype)
         first = self.parts[0].data
         out = torch.empty(first.shape[0], self.length, self.n_channels, dtype=dtype, device=first.device)
-        for part in self.parts:
-            if part.n_channels:
-                out[..., part.channels.long()] = part.decode(dtype)
+        self.decode_into(out, 0)
         return out
+
+    def decode_into(self, out: torch.Tensor, start: int, fused: bool = False) -> None:
+        """Writes these tokens into out[:, start:start+T] ([B, T_out, C])."""
+        for part in self.parts:
+            part.decode_into(out, start, fused)
 
     def extend(self, x: torch.Tensor) -> None:
         """x [B, t, C]: appends tokens to every part (its own channels)."""
+        self._sizes = None
         for part in self.parts:
             part.extend(x if part.channels is None else x.index_select(-1, part.channels.long()))
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for part in self.parts for t in part.tensors()]
 
+    def storage_sizes(self) -> dict[tuple[str, int], int]:
+        if self._sizes is None:
+            self._sizes = storage_sizes(self.tensors())
+        return self._sizes
+
     def bits_held(self) -> int:
-        return 8 * storage_bytes(self.tensors())
+        return 8 * sum(self.storage_sizes().values())
 
     def high_precision_elements(self, high_bits: int) -> int:
         """Token x channel elements stored at `high_bits` in a part that is not all channels."""
@@ -217,10 +255,15 @@ class PackedTensor:
                    if p.bits == high_bits and p.channels is not None)
 
 
-def storage_bytes(tensors: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind `tensors`: what the memory allocator holds."""
+def storage_sizes(tensors: list[torch.Tensor]) -> dict[tuple[str, int], int]:
+    """{(device, storage address): bytes} of the distinct storages behind `tensors`."""
     seen: dict[tuple[str, int], int] = {}
     for t in tensors:
         s = t.untyped_storage()
         seen[(str(t.device), s.data_ptr())] = s.nbytes()
-    return sum(seen.values())
+    return seen
+
+
+def storage_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors`: what the memory allocator holds."""
+    return sum(storage_sizes(tensors).values())

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+
+# The Triton kernels (streamkv.kernels) are tested on CPU tensors by Triton's interpreter, which
+# has to be chosen before anything imports triton (transformers does, at import).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

@@ -17,7 +17,7 @@ from transformers.cache_utils import CacheLayerMixin
 
 from streamkv import quant
 from streamkv.config import CompressionConfig
-from streamkv.storage import PackedTensor, storage_bytes
+from streamkv.storage import PackedTensor, storage_sizes
 
 
 @dataclass
@@ -38,6 +38,17 @@ class Block:
     @property
     def length(self) -> int:
         return self.keys.length
+
+
+def kernels_usable(device: torch.device) -> bool:
+    """Triton kernels run on CUDA tensors when Triton is installed (CUDA builds of torch ship it)."""
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def to_flat(x: torch.Tensor) -> torch.Tensor:
@@ -73,11 +84,16 @@ class PackedLayer(CacheLayerMixin):
         # Index/segment tensors reused by every block with the same channel layout, so they
         # are held (and counted) once per layer instead of once per block.
         self._shared: dict = {}
+        # Triton kernels (streamkv.kernels) for packing and unpacking; None: on CUDA when
+        # Triton is importable. Same math as the plain-torch path either way.
+        self.fused: bool | None = None
 
     # --- transformers' layer protocol ---------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.batch_size = key_states.shape[0]
+        if self.fused is None:
+            self.fused = kernels_usable(self.device)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step: Step | None = None,
@@ -94,13 +110,17 @@ class PackedLayer(CacheLayerMixin):
                     "CompressedLlamaForCausalLM (or call CompressedCache.begin_step(position_ids))")
             keys = quant.invert_rope(key_states, step.cos, step.sin)
         strict = self.config.quantize_current_chunk
-        if not strict:
-            hist_k, hist_v = self.read(step)
+        n_old, n_new = self.length, key_states.shape[-2]
+        if not strict:  # the history, with room for the chunk itself in full precision
+            all_k, all_v = self.read(step, extra=n_new)
         self.write(to_flat(keys), to_flat(value_states))
-        self.length += key_states.shape[-2]
+        self.length += n_new
         if strict:
-            return self.read(step)
-        return (torch.cat([hist_k, key_states], dim=-2), torch.cat([hist_v, value_states], dim=-2))
+            all_k, all_v = self.read(step)
+        else:
+            from_flat(all_k, self.n_heads)[:, :, n_old:] = key_states
+            from_flat(all_v, self.n_heads)[:, :, n_old:] = value_states
+        return from_flat(all_k, self.n_heads), from_flat(all_v, self.n_heads)
 
     def get_seq_length(self) -> int:
         return self.length
@@ -130,25 +150,33 @@ class PackedLayer(CacheLayerMixin):
         return self._shared[key]
 
     # --- reading the history back ---------------------------------------------------------
-    def read(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole stored history dequantized: K (rotated if stored pre-RoPE), V [B, H, T, D]."""
+    def read(self, step: Step, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [B, T + extra, C] whose first T tokens are the stored history dequantized (K
+        rotated if stored pre-RoPE); the `extra` tokens are left for the caller to fill.
+
+        Blocks are decoded straight into the buffer attention reads, so one layer's history
+        exists once in full precision, and only while this layer attends.
+        """
         n = self.length
-        b = self.batch_size
-        keys = torch.empty(b, n, self.n_channels, dtype=self.dtype, device=self.device)
+        keys = torch.empty(self.batch_size, n + extra, self.n_channels, dtype=self.dtype, device=self.device)
         values = torch.empty_like(keys)
         pos = 0
         for block in self.blocks:
-            t = block.length
-            keys[:, pos:pos + t] = block.keys.decode(self.dtype)
-            values[:, pos:pos + t] = block.values.decode(self.dtype)
-            pos += t
+            block.keys.decode_into(keys, pos, self.fused)
+            block.values.decode_into(values, pos, self.fused)
+            pos += block.length
         if self.residual_k is not None:
-            keys[:, pos:] = self.residual_k
-            values[:, pos:] = self.residual_v
-        keys, values = from_flat(keys, self.n_heads), from_flat(values, self.n_heads)
+            keys[:, pos:n] = self.residual_k
+            values[:, pos:n] = self.residual_v
         if self.pre_rope and n:
             cos, sin = step.history_rope(n)
-            keys = quant.apply_rope(keys.float(), cos.float(), sin.float()).to(self.dtype)
+            if self.fused:
+                from streamkv import kernels
+
+                kernels.rope_(keys[:, :n], cos, sin, self.head_dim)
+            else:
+                hist = from_flat(keys[:, :n], self.n_heads)
+                hist.copy_(quant.apply_rope(hist.float(), cos.float(), sin.float()))
         return keys, values
 
     # --- what a method implements ----------------------------------------------------------
@@ -157,15 +185,19 @@ class PackedLayer(CacheLayerMixin):
         """Quantize and store new tokens: keys, values [B, S, C] (keys pre-RoPE if `pre_rope`)."""
 
     # --- accounting ---------------------------------------------------------------------------
-    def held_tensors(self, kind: str) -> list[torch.Tensor]:
-        """Every tensor this layer holds for `kind` ('keys' or 'values')."""
-        held = [t for blk in self.blocks for t in getattr(blk, kind).tensors()]
-        residual = self.residual_k if kind == "keys" else self.residual_v
-        return held + ([residual] if residual is not None else [])
+    def storage_sizes(self, kind: str | None = None) -> dict[tuple[str, int], int]:
+        """{(device, storage address): bytes} of what this layer holds for `kind` (or both)."""
+        sizes: dict[tuple[str, int], int] = {}
+        for k in ("keys", "values") if kind is None else (kind,):
+            for blk in self.blocks:
+                sizes.update(getattr(blk, k).storage_sizes())
+            residual = self.residual_k if k == "keys" else self.residual_v
+            if residual is not None:
+                sizes.update(storage_sizes([residual]))
+        return sizes
 
     def nbytes(self, kind: str | None = None) -> int:
-        kinds = ("keys", "values") if kind is None else (kind,)
-        return storage_bytes([t for k in kinds for t in self.held_tensors(k)])
+        return sum(self.storage_sizes(kind).values())
 
     def outlier_elements(self) -> tuple[int, int]:
         """(key, value) token x channel elements kept at the outlier bits by outlier detection."""

@@ -26,9 +26,9 @@ class KiviLayer(PackedLayer):
         k_old, self.residual_k = self.residual_k[:, :n], self.residual_k[:, n:].clone()
         v_old, self.residual_v = self.residual_v[:, :n], self.residual_v[:, n:].clone()
         key_layout = ScaleLayout(token_group=g, symmetric=False)
-        k = encode(k_old, self.config.key_bits_normal, key_layout)
+        k = encode(k_old, self.config.key_bits_normal, key_layout, fused=self.fused)
         v_layout = self.shared("values", lambda: self._value_layout(keys.device))
-        v = encode(v_old, self.config.value_bits_normal, v_layout)
+        v = encode(v_old, self.config.value_bits_normal, v_layout, fused=self.fused)
         self.blocks.append(Block(PackedTensor([k], self.n_channels), PackedTensor([v], self.n_channels)))
 
     def _value_layout(self, device: torch.device) -> ScaleLayout:

@@ -54,16 +54,19 @@ class StreamingLayer(PackedLayer):
 
     def _sink_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
         cfg = self.config
-        k = encode(keys, cfg.key_bits_sink_outlier, ScaleLayout(), raw_dtype=raw_dtype(self.dtype))
+        k = encode(keys, cfg.key_bits_sink_outlier, ScaleLayout(), raw_dtype=raw_dtype(self.dtype),
+                   fused=self.fused)
         v = encode(values, cfg.value_bits_sink_outlier, self._per_head_tokens(keys.device),
-                   raw_dtype=raw_dtype(self.dtype))
+                   raw_dtype=raw_dtype(self.dtype), fused=self.fused)
         return Block(PackedTensor([k], self.n_channels), PackedTensor([v], self.n_channels),
                      meta={"sink": True})
 
     def _chunk_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
         cfg = self.config
         k_stats, v_stats = self.key_stats.observe(keys), self.value_stats.observe(values)
-        k_out, v_out = self._outliers(k_stats.absmax), self._outliers(v_stats.absmax)
+        # Part shapes depend on the outlier masks, so they are needed on the host: one
+        # device->host copy for both (each sync stalls the GPU queue).
+        k_out, v_out = torch.stack([self._outliers(k_stats.absmax), self._outliers(v_stats.absmax)]).cpu()
         k_lo, k_hi = self._range(k_stats, keys)
         per_channel_values = cfg.value_quant_groups == 0
         v_lo, v_hi = self._range(v_stats, values) if per_channel_values else (None, None)
@@ -89,19 +92,21 @@ class StreamingLayer(PackedLayer):
                layout_for) -> list[PackedPart]:
         """Normal channels at `bits`, outlier channels at `high_bits`, each its own part.
 
-        layout_for(idx, is_outlier) -> (ScaleLayout, (lo, hi) or None) for the channels idx.
+        outliers: bool [C] on the host. layout_for(idx, is_outlier) -> (ScaleLayout, (lo, hi)
+        or None) for the channels idx.
         """
         if not bool(outliers.any()) or high_bits == bits:
-            layout, given = layout_for(self._index(torch.ones_like(outliers)), False)
-            return [encode(x, bits, layout, given_range=given, raw_dtype=raw_dtype(self.dtype))]
+            layout, given = layout_for(self._index(torch.ones_like(outliers), x.device), False)
+            return [encode(x, bits, layout, given_range=given, raw_dtype=raw_dtype(self.dtype),
+                           fused=self.fused)]
         parts = []
         for mask, b, is_outlier in ((~outliers, bits, False), (outliers, high_bits, True)):
-            idx = self._index(mask)
+            idx = self._index(mask, x.device)
             if idx.numel() == 0:  # an absolute threshold can flag every channel
                 continue
             layout, given = layout_for(idx, is_outlier)
             parts.append(encode(x.index_select(-1, idx.long()), b, layout, channels=idx,
-                                given_range=given, raw_dtype=raw_dtype(self.dtype)))
+                                given_range=given, raw_dtype=raw_dtype(self.dtype), fused=self.fused))
         return parts
 
     # --- scales and layouts ------------------------------------------------------------------
@@ -136,11 +141,12 @@ class StreamingLayer(PackedLayer):
             token_group=1, segment_of=idx // self.head_dim, n_segments=self.n_heads))
 
     def _per_head_tokens(self, device: torch.device) -> ScaleLayout:
-        return self._per_head_subset(self._index(torch.ones(self.n_channels, dtype=torch.bool, device=device)))
+        return self._per_head_subset(self._index(torch.ones(self.n_channels, dtype=torch.bool), device))
 
-    def _index(self, mask: torch.Tensor) -> torch.Tensor:
-        """Channel indices of a mask; the same tensor for every block with the same mask."""
-        return self.shared(("index", mask.cpu().numpy().tobytes()), lambda: mask.nonzero().squeeze(-1).to(INDEX_DTYPE))
+    def _index(self, mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Channel indices (on `device`) of a host mask; one tensor for every block with that mask."""
+        return self.shared(("index", mask.numpy().tobytes()),
+                           lambda: mask.nonzero().squeeze(-1).to(device=device, dtype=INDEX_DTYPE))
 
     # --- reporting -----------------------------------------------------------------------------
     def outlier_elements(self) -> tuple[int, int]:

@@ -35,6 +35,6 @@ class PerTokenLayer(PackedLayer):
         symmetric = self.config.method == "int8"
         layout = self.shared("per_head", lambda: per_head_layout(
             self.n_heads, self.head_dim, keys.device, symmetric))
-        k = encode(keys, self.config.key_bits_normal, layout)
-        v = encode(values, self.config.value_bits_normal, layout)
+        k = encode(keys, self.config.key_bits_normal, layout, fused=self.fused)
+        v = encode(values, self.config.value_bits_normal, layout, fused=self.fused)
         self.blocks.append(Block(PackedTensor([k], self.n_channels), PackedTensor([v], self.n_channels)))

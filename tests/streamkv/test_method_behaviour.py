@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streamkv import CompressedCache, CompressedLlamaForCausalLM, CompressionConfig, baseline
-from streamkv.methods.base import Step
+from streamkv.methods.base import Step, from_flat
 
 
 def compressed(tiny_reference, config):
@@ -31,7 +31,8 @@ def test_pre_rope_keys_rotate_back_to_model_keys(tiny_reference):
     model(ids)
     cache = model.last_cache
     for i, layer in enumerate(cache.layers):
-        keys, values = layer.read(cache.step)  # dequantized pre-RoPE keys, rotated at their positions
+        # dequantized pre-RoPE keys, rotated at their positions
+        keys, values = (from_flat(t, layer.n_heads) for t in layer.read(cache.step))
         ref_k, ref_v = reference.layers[i].keys, reference.layers[i].values
         # 8-bit symmetric per channel: |error| <= step/2 = absmax/255 per pre-RoPE channel; the
         # rotation mixes channel pairs, so the rotated error is at most sqrt(2) times that.
@@ -127,7 +128,7 @@ def _reconstruction_error(model, config, k, v):
     for start in range(0, k.shape[2], config.chunk_size):
         sl = slice(start, start + config.chunk_size)
         layer.update(k[:, :, sl], v[:, :, sl], Step())
-    keys, values = layer.read(Step())
+    keys, values = (from_flat(t, layer.n_heads) for t in layer.read(Step()))
     # Attention output error for random queries: what the model would see.
     q = torch.randn(1, 2, 32, k.shape[-1], generator=torch.Generator().manual_seed(0))
     att = torch.nn.functional.scaled_dot_product_attention
