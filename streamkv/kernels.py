@@ -13,33 +13,26 @@ G token groups and S segments, computed by `streamkv.storage` exactly as the ref
 Bit layout (`quant.pack_bits`): a row is a little-endian bit stream, code i occupies bits
 [i*bits, (i+1)*bits), so 2/4/8-bit codes never straddle a byte and 3-bit codes may.
 
-Triton ships with CUDA builds of PyTorch; `available()` says whether these kernels can run.
-With TRITON_INTERPRET=1 set before this module is imported they run on CPU tensors (the tests
-do that), slowly.
+Triton ships with CUDA builds of PyTorch (`streamkv.methods.base.kernels_usable` decides when
+these run). With TRITON_INTERPRET=1 set before Triton is imported they run on CPU tensors (the
+tests do that), slowly.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
 
-@functools.cache
-def available() -> bool:
-    return torch.cuda.is_available()
-
-
 # --- shared pieces -------------------------------------------------------------------------
 @triton.jit
 def _group_index(t, TOKEN_GROUP: tl.constexpr):
     """Token -> row of the scale tensor: one row (0), per token (1) or per TOKEN_GROUP tokens."""
-    if TOKEN_GROUP == 0:
-        return t * 0
-    else:
-        return t // TOKEN_GROUP
+    g = t * 0
+    if TOKEN_GROUP != 0:
+        g = t // TOKEN_GROUP
+    return g
 
 
 @triton.jit

@@ -111,9 +111,11 @@ class PackedLayer(CacheLayerMixin):
             keys = quant.invert_rope(key_states, step.cos, step.sin)
         strict = self.config.quantize_current_chunk
         n_old, n_new = self.length, key_states.shape[-2]
+        new_k, new_v = to_flat(keys), to_flat(value_states)
+        self.prepare(new_k, new_v)
         if not strict:  # the history, with room for the chunk itself in full precision
             all_k, all_v = self.read(step, extra=n_new)
-        self.write(to_flat(keys), to_flat(value_states))
+        self.write(new_k, new_v)
         self.length += n_new
         if strict:
             all_k, all_v = self.read(step)
@@ -180,6 +182,10 @@ class PackedLayer(CacheLayerMixin):
         return keys, values
 
     # --- what a method implements ----------------------------------------------------------
+    def prepare(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Called with the new tokens before the history is read: device work whose result
+        `write` needs on the host can start here and overlap the reads."""
+
     @abstractmethod
     def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Quantize and store new tokens: keys, values [B, S, C] (keys pre-RoPE if `pre_rope`)."""

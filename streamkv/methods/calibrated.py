@@ -100,4 +100,4 @@ class CalibratedLayer(StreamingLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.open_block = None
+        self.key_stats = self.value_stats = None  # the fixed ranges are bound again on update

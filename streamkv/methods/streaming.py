@@ -29,26 +29,58 @@ class StreamingLayer(PackedLayer):
         self.key_stats = ChannelStats(config.ema_decay, config.statistics)
         self.value_stats = ChannelStats(config.ema_decay, config.statistics)
         self.open_block: Block | None = None
+        self._pending = None  # what prepare() observed of the chunk write() is about to store
 
     # --- write path --------------------------------------------------------------------------
-    def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def _n_sink(self, n_new: int) -> int:
+        """How many of the next n_new tokens are sink tokens."""
         cfg = self.config
-        n_sink = 0
-        if cfg.sink_protection:
-            n_sink = max(0, min(cfg.attention_sink_size - self.length, keys.shape[1]))
+        if not cfg.sink_protection:
+            return 0
+        return max(0, min(cfg.attention_sink_size - self.length, n_new))
+
+    def _joins_open_block(self, n_new: int) -> bool:
+        """A decode token joins the open block (fixed grid) until it holds chunk_size tokens."""
+        return (n_new == 1 and self.length > 0 and self.open_block is not None
+                and self.open_block.length < self.config.chunk_size)
+
+    def prepare(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Folds a new chunk into the statistics and starts copying its outlier masks to the
+        host, so the copy overlaps the history reads instead of stalling the GPU in write."""
+        self._pending = None
+        n_sink = self._n_sink(keys.shape[1])
+        keys, values = keys[:, n_sink:], values[:, n_sink:]
+        if keys.shape[1] and not self._joins_open_block(keys.shape[1]):
+            self._pending = self._observe(keys, values)
+
+    def _observe(self, keys: torch.Tensor, values: torch.Tensor):
+        """Statistics updated with this chunk; its (key, value) outlier masks [2, C] on their way
+        to the host, with the CUDA event that says they have arrived (None on CPU)."""
+        k_stats, v_stats = self.key_stats.observe(keys), self.value_stats.observe(values)
+        masks = torch.stack([self._outliers(k_stats.absmax), self._outliers(v_stats.absmax)])
+        if masks.device.type != "cuda":
+            return masks, None
+        host = masks.to("cpu", non_blocking=True)  # pinned, asynchronous
+        arrived = torch.cuda.Event()
+        arrived.record()
+        return host, arrived
+
+    def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        pending, self._pending = self._pending, None
+        n_sink = self._n_sink(keys.shape[1])
         if n_sink:
             self.blocks.append(self._sink_block(keys[:, :n_sink], values[:, :n_sink]))
             keys, values = keys[:, n_sink:], values[:, n_sink:]
         if keys.shape[1] == 0:
             return
-        decode = keys.shape[1] == 1 and self.length > 0
-        if decode and self.open_block is not None and self.open_block.length < cfg.chunk_size:
+        if self._joins_open_block(keys.shape[1]):
             self.key_stats.observe(keys)
             self.value_stats.observe(values)
             self.open_block.keys.extend(keys)
             self.open_block.values.extend(values)
             return
-        block = self._chunk_block(keys, values)
+        decode = keys.shape[1] == 1 and self.length > 0
+        block = self._chunk_block(keys, values, pending or self._observe(keys, values))
         self.blocks.append(block)
         self.open_block = block if decode else None
 
@@ -61,12 +93,15 @@ class StreamingLayer(PackedLayer):
         return Block(PackedTensor([k], self.n_channels), PackedTensor([v], self.n_channels),
                      meta={"sink": True})
 
-    def _chunk_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
+    def _chunk_block(self, keys: torch.Tensor, values: torch.Tensor, observed) -> Block:
+        """observed: what `_observe` returned for these tokens (statistics already updated)."""
         cfg = self.config
-        k_stats, v_stats = self.key_stats.observe(keys), self.value_stats.observe(values)
-        # Part shapes depend on the outlier masks, so they are needed on the host: one
-        # device->host copy for both (each sync stalls the GPU queue).
-        k_out, v_out = torch.stack([self._outliers(k_stats.absmax), self._outliers(v_stats.absmax)]).cpu()
+        k_stats, v_stats = self.key_stats, self.value_stats
+        # Part shapes depend on the outlier masks, so they are needed on the host.
+        masks, arrived = observed
+        if arrived is not None:
+            arrived.synchronize()
+        k_out, v_out = masks
         k_lo, k_hi = self._range(k_stats, keys)
         per_channel_values = cfg.value_quant_groups == 0
         v_lo, v_hi = self._range(v_stats, values) if per_channel_values else (None, None)
@@ -147,6 +182,12 @@ class StreamingLayer(PackedLayer):
         """Channel indices (on `device`) of a host mask; one tensor for every block with that mask."""
         return self.shared(("index", mask.numpy().tobytes()),
                            lambda: mask.nonzero().squeeze(-1).to(device=device, dtype=INDEX_DTYPE))
+
+    def reset(self) -> None:
+        super().reset()
+        self.key_stats = ChannelStats(self.config.ema_decay, self.config.statistics)
+        self.value_stats = ChannelStats(self.config.ema_decay, self.config.statistics)
+        self.open_block, self._pending = None, None
 
     # --- reporting -----------------------------------------------------------------------------
     def outlier_elements(self) -> tuple[int, int]:

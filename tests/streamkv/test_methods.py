@@ -43,6 +43,10 @@ def test_method_matrix(name, tiny_reference, prompt):
                          max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert out.shape == (2, 46) and torch.equal(out[:, :40], prompt[:, :40])
     assert model.get_compression_stats().tokens == 45
+    # A reset cache is a fresh one: no statistics or open block carried over.
+    cache = model.last_cache
+    cache.reset()
+    torch.testing.assert_close(model(prompt, past_key_values=cache).logits, logits, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["none", "streamkv-4", "kivi-4"])
