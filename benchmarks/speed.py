@@ -19,6 +19,7 @@ against the torch path on the first length (last-64-token logits, relative diffe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -83,29 +84,26 @@ class model_attention:
 def time_row(model, ids, device: str, config: CompressionConfig | None, repeats: int,
              fused: bool | None = None) -> tuple[float, int]:
     """(median seconds, peak bytes) of one prefill."""
-    with model_attention(model, "sdpa" if config is None else model.config._attn_implementation):
-        return _time_row(model, ids, device, config, repeats, fused)
-
-
-def _time_row(model, ids, device, config, repeats, fused) -> tuple[float, int]:
     times, peak = [], 0
-    for i in range(repeats + 1):
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        sync(device)
-        start = time.perf_counter()
-        _, cache = run_prefill(model, ids, config, fused)
-        sync(device)
-        if i:  # the first run warms up (and compiles the kernels)
-            times.append(time.perf_counter() - start)
-        if device.startswith("cuda"):
-            peak = max(peak, torch.cuda.max_memory_allocated())
-        elif config is not None:
-            peak = max(peak, cache.peak_bytes)
-        else:  # the plain cache holds every key/value in the model's dtype
-            peak = max(peak, sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values)))
-        del cache
+    baseline_attention = model_attention(model, "sdpa") if config is None else contextlib.nullcontext()
+    with baseline_attention:
+        for i in range(repeats + 1):
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            sync(device)
+            start = time.perf_counter()
+            _, cache = run_prefill(model, ids, config, fused)
+            sync(device)
+            if i:  # the first run warms up (and compiles the kernels)
+                times.append(time.perf_counter() - start)
+            if device.startswith("cuda"):
+                peak = max(peak, torch.cuda.max_memory_allocated())
+            elif config is not None:
+                peak = max(peak, cache.peak_bytes)
+            else:  # the plain cache holds every key/value in the model's dtype
+                peak = max(peak, sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values)))
+            del cache
     return statistics.median(times), peak
 
 

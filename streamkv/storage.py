@@ -74,22 +74,21 @@ class PackedPart:
         if self.bits == 16:
             return self.data.to(dtype)
         codes = quant.unpack_bits(self.data, self.bits, self.n_channels)
-        lo, step = _expand(self, *grid(self))
-        return quant.dequantize(codes, lo, step, dtype)
+        return quant.dequantize(codes, *_element_grid(self), dtype)
 
     def decode_into(self, out: torch.Tensor, start: int, fused: bool = False) -> None:
         """Writes the part's tokens into out[:, start:start+T] [B, T_out, C] at its channels;
         fused: one Triton kernel (streamkv.kernels) instead of `decode` and a scatter."""
         if self.n_channels == 0:
             return
-        dest = out[:, start:start + self.length]
         if fused and self.bits != 16:
             from streamkv import kernels
 
-            lo, step = grid(self)
-            kernels.dequantize_into(out, start, self.data, self.bits, self.n_channels, lo, step,
+            kernels.dequantize_into(out, start, self.data, self.bits, self.n_channels, *grid(self),
                                     self.layout.segment_of, self.layout.token_group, self.channels)
-        elif self.channels is None:
+            return
+        dest = out[:, start:start + self.length]
+        if self.channels is None:
             dest.copy_(self.decode(out.dtype))
         else:
             dest[..., self.channels.long()] = self.decode(out.dtype)
@@ -109,8 +108,7 @@ class PackedPart:
             return
         if lay.token_group is not None:
             raise ValueError("only per-token or part-wide scales can be extended")
-        lo, step = _expand(self, *grid(self))
-        codes = quant.quantize(x, lo, step, self.bits)
+        codes = quant.quantize(x, *_element_grid(self), self.bits)
         self.data = torch.cat([self.data, quant.pack_bits(codes, self.bits)], dim=1)
 
 
@@ -126,8 +124,9 @@ def grid(part: PackedPart) -> tuple[torch.Tensor, torch.Tensor]:
     return part.lo.float(), scale
 
 
-def _expand(part: PackedPart, lo: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compact (lo, step) -> per element, broadcastable to codes [B, T, c]."""
+def _element_grid(part: PackedPart) -> tuple[torch.Tensor, torch.Tensor]:
+    """The part's grid per element, (lo, step) broadcastable to codes [B, T, c]."""
+    lo, step = grid(part)
     lay = part.layout
     if lay.segment_of is not None:  # segment -> channel
         seg = lay.segment_of.long()
@@ -178,11 +177,10 @@ def encode(x: torch.Tensor, bits: int, layout: ScaleLayout, *,
     n_channels = x.shape[-1]
     if bits == 16:
         return PackedPart(16, channels, n_channels, layout, x.to(raw_dtype).contiguous(), None, None)
-    xf = x.float()
     if given_range is not None:
         lo_g, hi_g = (t.float().reshape(1, 1, -1) for t in given_range)
-    else:
-        lo_g, hi_g = _group_reduce(xf, layout, "min"), _group_reduce(xf, layout, "max")
+    else:  # min/max select values, so reducing in x's dtype first is exact (and copies less)
+        lo_g, hi_g = (_group_reduce(x, layout, r).float() for r in ("min", "max"))
     lo = ref = None
     if layout.symmetric and layout.log_scale:
         absmax = torch.maximum(lo_g.abs(), hi_g.abs()).clamp_min(quant.EPS)
@@ -201,7 +199,7 @@ def encode(x: torch.Tensor, bits: int, layout: ScaleLayout, *,
         part.data = kernels.quantize_pack(x, bits, *grid(part), layout.segment_of, layout.token_group,
                                           quant.packed_size(n_channels, bits))
         return part
-    codes = quant.quantize(xf, *_expand(part, *grid(part)), bits)
+    codes = quant.quantize(x, *_element_grid(part), bits)  # quantize computes in fp32
     part.data = quant.pack_bits(codes, bits).contiguous()
     return part
 
