@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamkv import baseline  # noqa: E402
+from streamkv import preset  # noqa: E402
 from workers.actor import UnitWorker  # noqa: E402
-from workers.hf_baselines import available_hf_baselines, hf_baseline  # noqa: E402
+from workers.hf_baselines import available_hf_baselines  # noqa: E402
 from workers.units import PERPLEXITY_TASK, WorkUnit  # noqa: E402
 
 ROWS = ["none", "int8", "int4_token", "kivi-4", "kivi-2", "hf-quanto-4", "hf-quanto-2",
@@ -30,11 +30,11 @@ ROWS = ["none", "int8", "int4_token", "kivi-4", "kivi-2", "hf-quanto-4", "hf-qua
 
 def row_config(name: str):
     if name.startswith("hf-"):
-        return hf_baseline(name, chunk_size=512)
-    preset, _, variant = name.partition(" ")
+        return preset(name, chunk_size=512)
+    base, _, variant = name.partition(" ")
     if variant == "no sink/outlier":
-        return baseline(preset, sink_protection=False, outlier_detection=False)
-    return baseline(preset)
+        return preset(base, sink_protection=False, outlier_detection=False)
+    return preset(base)
 
 
 def main(argv: list[str] | None = None) -> int:

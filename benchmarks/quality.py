@@ -20,16 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamkv import CompressionConfig, baseline  # noqa: E402
-from streamkv.models import load_model  # noqa: E402
+from streamkv import Method, preset  # noqa: E402
+from streamkv.loading import load_model  # noqa: E402
 from workers.perplexity import WindowResult, load_text, perplexity, token_windows, window_nll  # noqa: E402
 
 
-def rows(ablation: bool) -> dict[str, CompressionConfig]:
-    out = {name: baseline(name) for name in ("none", "int8", "int4_token", "kivi-4", "kivi-2")}
+def rows(ablation: bool) -> dict[str, Method]:
+    out = {name: preset(name) for name in ("none", "int8", "int4_token", "kivi-4", "kivi-2")}
     for bits in (4, 3, 2):
-        out[f"streamkv-{bits}"] = baseline(f"streamkv-{bits}")
-        out[f"streamkv-{bits} no sink/outlier"] = baseline(
+        out[f"streamkv-{bits}"] = preset(f"streamkv-{bits}")
+        out[f"streamkv-{bits} no sink/outlier"] = preset(
             f"streamkv-{bits}", sink_protection=False, outlier_detection=False)
     if ablation:
         for label, change in [("range_mode=clip", dict(range_mode="clip")),
@@ -41,7 +41,7 @@ def rows(ablation: bool) -> dict[str, CompressionConfig]:
                               ("no sink", dict(sink_protection=False)),
                               ("no outliers", dict(outlier_detection=False))]:
             for bits in (4, 3):
-                out[f"streamkv-{bits} {label}"] = baseline(f"streamkv-{bits}", **change)
+                out[f"streamkv-{bits} {label}"] = preset(f"streamkv-{bits}", **change)
     return out
 
 
@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         changes = {"quantize_current_chunk": args.protocol == "strict"}
         if args.chunk_size:
             changes["chunk_size"] = args.chunk_size
-        loaded.model.compression_config = cfg.replace(**changes)
+        method = cfg.replace(**changes)
         start = time.perf_counter()
         results = []
         for i, w in enumerate(windows):
-            nll, _ = window_nll(loaded.model, w)
+            nll, _ = window_nll(loaded.model, w, compression_config=method)
             results.append(WindowResult(i, w.numel() - 1, nll))
         st = loaded.model.get_compression_stats()  # of the last window
         table.append(dict(row=name, config_id=cfg.config_id, perplexity=perplexity(results),

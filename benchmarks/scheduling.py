@@ -38,13 +38,13 @@ def measure(n_actors: int, n_units: int, tmp: Path) -> dict[str, float]:
     )
 
     spec = apply_overrides(parse_spec({
-        "name": f"sched-{n_actors}", "models": ["tiny-random-llama"], "baselines": ["streamkv-4"],
+        "name": f"sched-{n_actors}", "models": ["tiny-random-llama"], "presets": ["streamkv-4"],
         "datasets": [{"task": "wikitext2_ppl", "context_length": 32, "limit": 1}],
         "shards": n_units + n_actors}), db=f"sqlite:///{tmp}/sched-{n_actors}.db", blobs=str(tmp / "blobs"))
     units = plan(spec)
     engine, blobs = create_store_engine(spec.store.resolved_url), BlobStore(spec.store.resolved_blobs)
     register_sweep(engine, spec.resolved_sweep_id, spec.name, spec.to_dict(), [u.key for u in units],
-                   [units[0].compression_config.to_dict()])
+                   [units[0].config.to_dict()])
     cls = ray.remote(SweepWorker).options(num_cpus=1, num_gpus=0)
     actors = [cls.remote("tiny-random-llama", "float32", "cpu") for _ in range(n_actors)]
     warm, timed = units[:n_actors], deque(units[n_actors:])

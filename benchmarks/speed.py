@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamkv import CompressedLlamaForCausalLM, CompressionConfig, baseline  # noqa: E402
+from streamkv import CompressedLlamaForCausalLM, Method, preset  # noqa: E402
 
 
 def build_model(name: str, device: str, dtype: torch.dtype) -> CompressedLlamaForCausalLM:
@@ -42,7 +42,7 @@ def build_model(name: str, device: str, dtype: torch.dtype) -> CompressedLlamaFo
         with torch.device(device):
             model = CompressedLlamaForCausalLM(cfg).to(dtype)
         return model.eval()
-    from streamkv.models import load_model
+    from streamkv.loading import load_model
 
     return load_model(name, dtype=dtype, device=device).model
 
@@ -52,7 +52,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_prefill(model, ids, config: CompressionConfig | None, fused: bool | None, keep: int = 1):
+def run_prefill(model, ids, config: Method | None, fused: bool | None, keep: int = 1):
     """One prefill; config None = plain transformers forward (DynamicCache; time_row sets sdpa)."""
     if config is None:
         from transformers import DynamicCache, LlamaForCausalLM
@@ -61,8 +61,8 @@ def run_prefill(model, ids, config: CompressionConfig | None, fused: bool | None
         return LlamaForCausalLM.forward(model, ids, past_key_values=cache, logits_to_keep=keep), cache
     from streamkv import CompressedCache
 
-    model.compression_config = config
-    cache = CompressedCache(config, model.config, model.model.rotary_emb, fused=fused)
+    cache = CompressedCache(config, model.config, model.model.rotary_emb, dtype=model.dtype, device=model.device,
+                            fused=fused)
     return model(ids, past_key_values=cache, logits_to_keep=keep), cache
 
 
@@ -81,7 +81,7 @@ class model_attention:
 
 
 @torch.no_grad()
-def time_row(model, ids, device: str, config: CompressionConfig | None, repeats: int,
+def time_row(model, ids, device: str, config: Method | None, repeats: int,
              fused: bool | None = None) -> tuple[float, int]:
     """(median seconds, peak bytes) of one prefill."""
     times, peak = [], 0
@@ -108,7 +108,7 @@ def time_row(model, ids, device: str, config: CompressionConfig | None, repeats:
 
 
 @torch.no_grad()
-def check_kernels(model, ids, config: CompressionConfig) -> float:
+def check_kernels(model, ids, config: Method) -> float:
     """Relative difference of the last 64 logits: Triton kernels vs the plain-torch path."""
     fused, _ = run_prefill(model, ids, config, True, keep=64)
     plain, _ = run_prefill(model, ids, config, False, keep=64)
@@ -138,19 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda":
         ids = torch.randint(0, vocab, (1, args.lengths[0]), device=device)
         for name in args.configs:
-            diff = check_kernels(model, ids, baseline(name, chunk_size=args.chunk_size))
+            diff = check_kernels(model, ids, preset(name, chunk_size=args.chunk_size))
             print(f"kernel check {name} at {args.lengths[0]} tokens: relative logit difference "
                   f"Triton vs torch path {diff:.2e}", flush=True)
     print(f"{'tokens':>7} {'row':<18} {'seconds':>9} {'x full':>7} {'peak MB':>9} {'x full':>7} "
           f"{'x full w/o weights':>19}")
     for n in args.lengths:
         ids = torch.randint(0, vocab, (1, n), device=device)
-        rows: list[tuple[str, CompressionConfig | None, bool | None]] = [
-            ("full", None, None), ("chunked-none", baseline("none", chunk_size=args.chunk_size), None)]
+        rows: list[tuple[str, Method | None, bool | None]] = [
+            ("full", None, None), ("chunked-none", preset("none", chunk_size=args.chunk_size), None)]
         for name in args.configs:
-            rows.append((name, baseline(name, chunk_size=args.chunk_size), None))
+            rows.append((name, preset(name, chunk_size=args.chunk_size), None))
             if args.torch_path and device == "cuda":
-                rows.append((f"{name}/torch", baseline(name, chunk_size=args.chunk_size), False))
+                rows.append((f"{name}/torch", preset(name, chunk_size=args.chunk_size), False))
         base_t = base_m = None
         for label, cfg, fused in rows:
             t, peak = time_row(model, ids, device, cfg, args.repeats, fused)

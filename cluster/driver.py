@@ -189,7 +189,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, *, stop_after: int | 
 
         raise StoreConnectionError(f"cannot open the results database {_safe(url)}: {err}") from None
     blobs = BlobStore(blob_root)
-    configs = list({u.key.config_id: u.compression_config.to_dict() for u in units}.values())
+    configs = list({u.key.config_id: u.config.to_dict() for u in units}.values())
     register_sweep(engine, sweep_id, spec.name, spec.to_dict(), [u.key for u in units], configs,
                    created_by=f"{os.environ.get('USER', '?')}@{socket.gethostname()}")
     done_keys = completed_units(engine, sweep_id)

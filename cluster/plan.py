@@ -1,7 +1,7 @@
 """`plan(spec) -> list[WorkUnit]`: the units of a sweep, pure and deterministic.
 
 Order: model (an actor holds one model, so a model's units are contiguous), then dataset
-(file order), then config (file order: grid points, points, baselines; duplicates by
+(file order), then config (file order: grid points, points, presets; duplicates by
 `config_id` dropped), then shard. The sweep id is `spec.sweep_id` or `<name>-<content hash>`
 (`SweepSpec.resolved_sweep_id`), so running the same spec again resumes the same sweep.
 """

@@ -1,11 +1,12 @@
 """Sweep specs: YAML -> validated, frozen `SweepSpec`.
 
-A spec names the model(s), the compression configs (a cartesian `grid` over
-`CompressionConfig` fields, explicit `points` and named `baselines`), the datasets, and how
-to run them (shards, sample limits, prompt length, seed, store, resources). Every problem of a
+A spec names the model(s), the compression configs (a cartesian `grid` over one method's
+settings, explicit `points` and named `presets`), the datasets, and how to run them (shards,
+sample limits, prompt length, seed, store, resources). Configs are validated by the method
+objects themselves (`Method.problems_of`, see `streamkv.methods`), and every problem of a
 file is reported at once, each prefixed with its path in the file::
 
-    grid.key_bits_normal[2]: 5 is out of range (allowed: one of 2, 3, 4, 8, 16)
+    grid.key_bits_normal[2]: 5 is out of range (allowed: 2 | 3 | 4 | 8 | 16)
     datasets[1].task: unknown task 'foo'; allowed: ...
 
 Defaults live in one place, the dataclass defaults below; the YAML overrides them, and the
@@ -15,14 +16,15 @@ command line overrides the YAML (`apply_overrides`).
     models: [smollm2-135m]            # or model: NAME
     dtype: float32                    # float32 | float16 | bfloat16
     device: auto                      # auto (cuda when there, else cpu) | cpu | cuda
-    grid:                             # cartesian product over CompressionConfig fields
-      base: streamkv-4                # optional preset the grid starts from (default: defaults)
-      key_bits_normal: [4, 3]
+    grid:                             # cartesian product over one method's settings
+      preset: streamkv-4              # optional: the preset (or method: NAME) the grid starts
+      key_bits_normal: [4, 3]         #   from; default: streamkv's own defaults
       value_bits_normal: [4, 3]
     points:                           # explicit extra configs
-      - {baseline: kivi-4, residual_length: 64}
-      - {chunk_size: 256}
-    baselines: [none, kivi-4, hf-quanto-4]
+      - {preset: kivi-4, residual_length: 64}
+      - {method: kivi, key_bits: 2, value_bits: 4}
+      - {chunk_size: 256}             # streamkv's settings
+    presets: [none, kivi-4, hf-quanto-4]
     datasets:
       - {task: passage_retrieval_synth, context_length: 400}
       - {tasks: [narrativeqa, qasper], source: data/longbench}
@@ -45,18 +47,17 @@ import itertools
 import json
 import os
 import re
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamkv.config import BASELINES, CompressionConfig, baseline, validate_fields
+from streamkv.methods import Method, preset, preset_names, resolve_settings
+from streamkv.settings import Problem
+from workers.units import PERPLEXITY_TASKS, TASK_NAMES, task_kind
 
 DEFAULT_BLOBS = "results/blobs"
 MAX_GRID_POINTS = 10_000
-_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(CompressionConfig))
-_MSG_FIELD = re.compile(r"^(\w+)=")
 _SWEEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -109,8 +110,8 @@ class ResourceSpec:
 
 @dataclass(frozen=True)
 class NamedConfig:
-    label: str  # where it came from: "grid[...]", "points[1]", "baseline kivi-4"
-    config: Any  # CompressionConfig | workers.hf_baselines.HFBaseline
+    label: str  # where it came from: "grid[...]", "points[1]", "preset kivi-4"
+    config: Method
 
     @property
     def config_id(self) -> str:
@@ -176,7 +177,7 @@ def _safe_url(url: str) -> str:
 
 
 # --- parsing ---------------------------------------------------------------------------------------
-_TOP_KEYS = {"name", "model", "models", "dtype", "device", "grid", "points", "baselines", "datasets",
+_TOP_KEYS = {"name", "model", "models", "dtype", "device", "grid", "points", "presets", "datasets",
              "shards", "limit", "generation", "seed", "max_attempts", "store", "resources", "sweep_id",
              "description"}
 _DATASET_KEYS = {"task", "tasks", "source", "context_length", "shards", "limit", "max_length"}
@@ -220,54 +221,36 @@ def _list_of(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _config_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(field, message without 'field=') of a CompressionConfig's field values, via
-    streamkv.config.validate_fields on an unfrozen stand-in (no exception, every problem)."""
-    out = []
-    for msg in validate_fields(types.SimpleNamespace(**values)):  # type: ignore[arg-type]
-        m = _MSG_FIELD.match(msg)
-        out.append((m.group(1), msg[m.end():]) if m else ("", msg))
-    return out
-
-
-def _preset(name: Any) -> dict[str, Any] | None:
-    if name in BASELINES:
-        return baseline(name).to_dict()
-    return None
-
-
-def _hf_names() -> tuple[str, ...]:
-    from workers.hf_baselines import HF_BASELINES
-
-    return tuple(HF_BASELINES)
+def _report(problems: _Problems, found: list[Problem], path_of) -> None:
+    """Adds each setting problem at the YAML path `path_of(setting)` returns (None: the
+    enclosing entry, with the setting named in the message)."""
+    for p in found:
+        path = path_of(p.field)
+        if path is None:  # a setting the entry did not write: a preset's, or a default
+            involved = [q for q in (path_of(f) for f in p.involves) if q]
+            problems.add(" + ".join(involved) or path_of(None), f"{p.field}: {p.message}")
+        else:
+            problems.add(path, p.message)
 
 
 def _parse_grid(grid: Any, problems: _Problems) -> list[NamedConfig]:
     if grid is None:
         return []
     if not isinstance(grid, Mapping):
-        problems.add("grid", f"must be a mapping of CompressionConfig fields to lists of values, got {grid!r}")
+        problems.add("grid", f"must be a mapping of one method's settings to lists of values, got {grid!r}")
         return []
-    base_name = grid.get("base")
-    base = CompressionConfig().to_dict()
-    if base_name is not None:
-        preset = _preset(base_name)
-        if preset is None:
-            problems.add("grid.base", f"unknown preset {base_name!r}; allowed: {', '.join(BASELINES)}")
-        else:
-            base = preset
-    axes: list[tuple[str, list[Any]]] = []
-    for key, values in grid.items():
-        if key == "base":
-            continue
-        if key not in _FIELD_NAMES:
-            problems.add(f"grid.{key}", f"unknown CompressionConfig field; allowed: base, {', '.join(_FIELD_NAMES)}")
-            continue
-        values = _list_of(values)
+    head = {k: grid[k] for k in ("preset", "method") if k in grid}
+    for key, name in head.items():
+        if not isinstance(name, str):
+            problems.add(f"grid.{key}", f"{name!r} must be one {key} name (a grid varies one method's settings; "
+                                        "list other methods under points: or presets:)")
+    if any(not isinstance(name, str) for name in head.values()):
+        return []
+    axes = [(k, _list_of(v)) for k, v in grid.items() if k not in head]
+    for key, values in axes:
         if not values:
             problems.add(f"grid.{key}", "empty list (give at least one value)")
-            continue
-        axes.append((key, values))
+    axes = [(k, v) for k, v in axes if v]
     n_points = 1
     for _, values in axes:
         n_points *= len(values)
@@ -276,24 +259,15 @@ def _parse_grid(grid: Any, problems: _Problems) -> list[NamedConfig]:
         return []
     out = []
     for combo in itertools.product(*(range(len(v)) for _, v in axes)):
-        values = dict(base)
-        paths: dict[str, str] = {}
-        for (key, vals), i in zip(axes, combo):
-            values[key] = vals[i]
-            paths[key] = f"grid.{key}[{i}]" if isinstance(grid[key], (list, tuple)) else f"grid.{key}"
-        issues = _config_problems(values)
-        for fname, message in issues:
-            path = paths.get(fname)
-            if path is None:  # a combination: name every grid axis the message mentions
-                involved = [p for k, p in paths.items() if re.search(rf"\b{k}\b", message)]
-                path = " + ".join(involved) or "grid"
-                message = f"{fname}={message}" if fname else message
-                if base_name is not None and not involved:
-                    path = "grid.base"
-            problems.add(path, message)
-        if not issues:
+        values = {**head, **{key: vals[i] for (key, vals), i in zip(axes, combo)}}
+        paths = {key: f"grid.{key}[{i}]" if isinstance(grid[key], (list, tuple)) else f"grid.{key}"
+                 for (key, _), i in zip(axes, combo)}
+        paths.update({k: f"grid.{k}" for k in head})
+        cls, settings, found = resolve_settings(values)
+        _report(problems, found, lambda f: paths.get(f) if f else "grid")  # noqa: B023 (used at once)
+        if not found:
             label = "grid " + ",".join(f"{k}={values[k]}" for k, _ in axes) if axes else "grid"
-            out.append(NamedConfig(label, CompressionConfig(**values)))
+            out.append(NamedConfig(label, cls(**settings)))
     return out
 
 
@@ -307,59 +281,30 @@ def _parse_points(points: Any, problems: _Problems) -> list[NamedConfig]:
     for i, point in enumerate(points):
         path = f"points[{i}]"
         if not isinstance(point, Mapping):
-            problems.add(path, f"must be a mapping (CompressionConfig fields, or baseline: NAME + overrides), got {point!r}")
+            problems.add(path, f"must be a mapping (preset: NAME or method: NAME, plus settings), got {point!r}")
             continue
-        point = dict(point)
-        name = point.get("baseline")
-        if name is not None and name in _hf_names():
-            from workers.units import config_from_mapping
-
-            try:
-                out.append(NamedConfig(f"points[{i}] {name}", config_from_mapping(point)))
-            except (ValueError, TypeError) as err:
-                problems.add(path, str(err))
-            continue
-        point.pop("baseline", None)
-        base = CompressionConfig().to_dict() if name is None else _preset(name)
-        if base is None:
-            problems.add(f"{path}.baseline", f"unknown baseline {name!r}; allowed: "
-                         f"{', '.join(BASELINES + _hf_names())}")
-            continue
-        bad = [k for k in point if k not in _FIELD_NAMES]
-        for k in bad:
-            problems.add(f"{path}.{k}", f"unknown CompressionConfig field; allowed: baseline, {', '.join(_FIELD_NAMES)}")
-        if bad:
-            continue
-        values = {**base, **point}
-        issues = _config_problems(values)
-        for fname, message in issues:
-            problems.add(f"{path}.{fname}" if fname in point else path,
-                         message if fname in point else f"{fname}={message}")
-        if not issues:
-            out.append(NamedConfig(f"points[{i}]" + (f" {name}" if name else ""), CompressionConfig(**values)))
+        cls, settings, found = resolve_settings(point)
+        _report(problems, found, lambda f: (f"{path}.{f}" if f in point else None) if f else path)  # noqa: B023
+        if not found:
+            name = point.get("preset") or point.get("method")
+            out.append(NamedConfig(f"points[{i}]" + (f" {name}" if name else ""), cls(**settings)))
     return out
 
 
-def _parse_baselines(names: Any, problems: _Problems) -> list[NamedConfig]:
+def _parse_presets(names: Any, problems: _Problems) -> list[NamedConfig]:
     if names is None:
         return []
     out = []
     for i, name in enumerate(_list_of(names)):
-        path = f"baselines[{i}]" if isinstance(names, (list, tuple)) else "baselines"
-        if name in BASELINES:
-            out.append(NamedConfig(f"baseline {name}", baseline(name)))
-        elif name in _hf_names():
-            from workers.hf_baselines import hf_baseline
-
-            out.append(NamedConfig(f"baseline {name}", hf_baseline(name)))
+        path = f"presets[{i}]" if isinstance(names, (list, tuple)) else "presets"
+        if name in preset_names():
+            out.append(NamedConfig(f"preset {name}", preset(name)))
         else:
-            problems.add(path, f"unknown baseline {name!r}; allowed: {', '.join(BASELINES + _hf_names())}")
+            problems.add(path, f"unknown preset {name!r}; allowed: {', '.join(preset_names())}")
     return out
 
 
 def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> list[DatasetSpec]:
-    from workers.units import TASK_NAMES, task_kind
-
     if not isinstance(data, (list, tuple)) or not data:
         problems.add("datasets", "required: a non-empty list of {task: NAME, ...} entries")
         return []
@@ -454,12 +399,12 @@ def parse_spec(data: Any, *, source: str = "spec", base_dir: str | Path | None =
             kw[key] = str(data[key])
 
     configs = _parse_grid(data.get("grid"), problems) + _parse_points(data.get("points"), problems) \
-        + _parse_baselines(data.get("baselines"), problems)
+        + _parse_presets(data.get("presets"), problems)
     unique: dict[str, NamedConfig] = {}
     for c in configs:
         unique.setdefault(c.config_id, c)
-    if not configs and not any(k in data for k in ("grid", "points", "baselines")):
-        problems.add("grid", "no configs: give grid:, points: and/or baselines:")
+    if not configs and not any(k in data for k in ("grid", "points", "presets")):
+        problems.add("grid", "no configs: give grid:, points: and/or presets:")
     kw["configs"] = tuple(unique.values())
 
     kw["datasets"] = tuple(_parse_datasets(data.get("datasets"), problems,
@@ -545,15 +490,13 @@ def _check_unquantized_windows(configs, datasets, problems: _Problems) -> None:
     """Under the streaming protocol a chunk attends to its own keys/values in full precision,
     so a perplexity window no longer than one chunk never sees a quantized token: its
     perplexity would equal the uncompressed one whatever the method. Reject that pairing."""
-    from streamkv.config import CompressionConfig
-    from workers.units import PERPLEXITY_TASKS
-
     for i, d in enumerate(datasets):
         if d.task not in PERPLEXITY_TASKS:
             continue
         for named in configs:
             cfg = named.config
-            if (isinstance(cfg, CompressionConfig) and not cfg.is_lossless
+            # chunk_size None: a method that prefills in one forward, by its own protocol.
+            if (cfg.chunk_size is not None and not cfg.is_lossless
                     and not cfg.quantize_current_chunk and d.context_length <= cfg.chunk_size):
                 problems.add(f"datasets[{i}].context_length",
                              f"{d.context_length} <= chunk_size={cfg.chunk_size} of {named.label}: a "

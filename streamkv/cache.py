@@ -1,4 +1,9 @@
-"""`CompressedCache`: a transformers `Cache` made of one compressed layer per model layer."""
+"""`CompressedCache`: a transformers `Cache` made of one compressed layer per model layer.
+
+The cache is built from a method object (`streamkv.methods`) and the model's config: each
+layer comes from `method.make_layer(LayerContext(...))` with its index, head counts, head_dim,
+dtype, device and kernel choice given explicitly.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +13,35 @@ import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
-from streamkv.config import CompressionConfig
-from streamkv.methods import Step, make_layer
+from streamkv.families import head_dim_of
+from streamkv.layers import LayerContext, Step
 from streamkv.storage import storage_sizes
 
 RotaryFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def head_dim_of(model_config: PretrainedConfig) -> int:
-    return getattr(model_config, "head_dim", None) or (
-        model_config.hidden_size // model_config.num_attention_heads)
-
-
 class CompressedCache(Cache):
-    """Drop-in `Cache` for Llama-family models.
+    """Drop-in `Cache` for the supported decoder families (`streamkv.families`).
 
     Methods that store keys before RoPE need each step's positions: the model calls
-    `begin_step(position_ids)` before every forward (`CompressedLlamaForCausalLM` does), and
+    `begin_step(position_ids)` before every forward (streamkv's model classes do), and
     the cache keeps the positions of stored tokens (int32, once for all layers) so history keys
     are rotated at their own positions, left padding included.
     """
 
-    def __init__(self, compression_config: CompressionConfig, model_config: PretrainedConfig,
-                 rotary_emb: RotaryFn | None = None, fused: bool | None = None):
-        head_dim = head_dim_of(model_config)
-        compression_config.check_head_dim(head_dim)
-        n_kv = model_config.num_key_value_heads
-        layers = [make_layer(compression_config, n_kv, head_dim)
-                  for _ in range(model_config.num_hidden_layers)]
-        for layer in layers:  # fused: Triton kernels (None: on CUDA when Triton is installed)
-            layer.fused = fused
+    def __init__(self, method, model_config: PretrainedConfig, rotary_emb: RotaryFn | None = None, *,
+                 dtype: torch.dtype | None = None, device: torch.device | None = None,
+                 fused: bool | None = None):
+        """method: a `streamkv.methods.Method`; fused: Triton kernels (None: on CUDA when
+        Triton is installed); dtype/device: the model's (None: those of the first keys)."""
+        method.check_model(model_config)
+        n_layers = model_config.num_hidden_layers
+        layers = [method.make_layer(LayerContext(
+            layer_idx=i, num_layers=n_layers, n_kv_heads=model_config.num_key_value_heads,
+            head_dim=head_dim_of(model_config), fused=fused, dtype=dtype, device=device))
+            for i in range(n_layers)]
         super().__init__(layers=layers)
-        self.compression_config = compression_config
+        self.method = method
         self.rotary_emb = rotary_emb
         self.positions: torch.Tensor | None = None  # [B, T] int32, pre-RoPE methods only
         self.step = Step()

@@ -1,27 +1,53 @@
-"""What a compressed cache measures about itself: bits, bytes, outliers, per-layer traces."""
+"""What a compressed cache measures about itself: bits, bytes, outliers, per-layer traces.
+
+`CompressionStats` reads like the dict the seed's API promised (`stats["avg_key_bits"]`,
+`"outlier_ratio" in stats`, `dict(stats)`) and like a dataclass (`stats.avg_key_bits`).
+Every figure is counted from what the cache holds, for every method alike: bytes from the
+tensors' storages, sink tokens from the blocks stored as sinks, outliers from the parts kept
+at the outlier bits.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
-from streamkv.cache import CompressedCache
 from streamkv.storage import storage_bytes
 
 
 @dataclass(frozen=True)
-class CompressionStats:
+class CompressionStats(Mapping):
     tokens: int  # tokens per sequence in the cache
     batch_size: int
-    avg_key_bits: float  # bits per stored key element, scales and indices included
-    avg_value_bits: float
-    avg_bits: float  # over keys and values, positions metadata included
-    outlier_ratio: float  # share of non-sink elements kept at the outlier bits
-    sink_tokens: int
-    kv_bytes: int  # measured: bytes of the tensors that hold the cache
+    avg_key_bits: float | None  # bits per stored key element, scales and indices included
+    avg_value_bits: float | None
+    avg_bits: float | None  # over keys and values, positions metadata included
+    outlier_ratio: float | None  # share of non-sink elements kept at the outlier bits
+    sink_tokens: int  # tokens stored in sink blocks
+    kv_bytes: int | None  # measured: bytes of the tensors that hold the cache
     fp16_kv_bytes: int  # the same cache at 16 bits per element
-    compression_ratio: float  # fp16_kv_bytes / kv_bytes
-    peak_kv_bytes: int  # largest kv_bytes seen after any forward step
+    compression_ratio: float | None  # fp16_kv_bytes / kv_bytes
+    peak_kv_bytes: int | None  # largest kv_bytes seen after any forward step
     per_layer: list[dict] = field(default_factory=list)  # outlier channels per layer and head
+    # Why a figure is None (a cache whose storage is not made of tensors we can see).
+    kv_bytes_note: str = ""
+
+    # --- the mapping view ----------------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -30,7 +56,8 @@ class CompressionStats:
         return {k: v for k, v in self.to_dict().items() if k != "per_layer"}
 
 
-def compression_stats(cache: CompressedCache) -> CompressionStats:
+def compression_stats(cache) -> CompressionStats:
+    """Stats of a `streamkv.cache.CompressedCache` (any method whose layers are packed)."""
     layers = cache.layers
     first = layers[0]
     tokens = first.get_seq_length()
@@ -39,8 +66,7 @@ def compression_stats(cache: CompressedCache) -> CompressionStats:
     key_bytes = sum(layer.nbytes("keys") for layer in layers)
     value_bytes = sum(layer.nbytes("values") for layer in layers)
     kv_bytes = cache.nbytes()
-    cfg = cache.compression_config
-    sinks = min(cfg.attention_sink_size, tokens) if cfg.method == "streamkv" and cfg.sink_protection else 0
+    sinks = first.sink_tokens()
     outliers = sum(sum(layer.outlier_elements()) for layer in layers)
     normal_elements = 2 * (tokens - sinks) * first.n_channels * len(layers)
     per_layer = [{"layer": i, **row} for i, layer in enumerate(layers) for row in layer.trace_rows()]

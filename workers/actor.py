@@ -40,8 +40,8 @@ def resolve_device(device: str | None) -> str:
 class UnitWorker:
     def __init__(self, model_name: str, dtype: str | torch.dtype = "float32", device: str | None = None,
                  *, loaded=None):
-        """Loads `model_name` (`streamkv.models.load_model`); `loaded` skips loading (tests)."""
-        from streamkv.models import load_model
+        """Loads `model_name` (`streamkv.loading.load_model`); `loaded` skips loading (tests)."""
+        from streamkv.loading import load_model
 
         self.model_name = model_name
         self.dtype = resolve_dtype(dtype)

@@ -6,9 +6,10 @@ Pure functions on logits [N, V]:
   in float64 from log-softmaxes (exactly 0 for identical rows, clamped at 0 below);
 - `top1_agreement(p_logits, q_logits)`: per row, 1.0 when both argmaxes agree, else 0.0.
 
-Protocol (the reference is `streamkv.baseline("none", chunk_size=<the method's chunk size>)`,
-the lossless fp16 cache through the same chunked code path, run on the same loaded model by
-assigning `model.compression_config`):
+Protocol (the reference is `streamkv.preset("none", chunk_size=<the method's chunk size>)`,
+the lossless fp16 cache through the same chunked code path, run on the same loaded model with
+`compression_config=` the reference; a method that prefills in one forward, chunk_size None,
+is compared with a one-forward reference):
 - (a) prefill, perplexity units: the compressed forward of a window vs the reference forward
   of the same window, every position;
 - (b) generation, task units: the logits the compressed model chose each greedy token from
@@ -21,14 +22,15 @@ Unit metrics are token-weighted means over all compared positions of the unit.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from streamkv.config import CompressionConfig, baseline
+from streamkv.methods import Method, preset
 
 _KL_ROWS = 128
+# The reference's chunk for a method that prefills in one forward (longer than any window).
+UNCHUNKED = 1 << 30
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -85,33 +87,21 @@ class Fidelity:
         return self.agree / self.tokens if self.tokens else None
 
 
-def reference_config(chunk_size: int) -> CompressionConfig:
-    return baseline("none", chunk_size=chunk_size)
-
-
-@contextmanager
-def using_config(model, config: CompressionConfig):
-    """Temporarily run `model` with `config` (restored after, also on errors)."""
-    saved = model.compression_config
-    model.compression_config = config
-    try:
-        yield model
-    finally:
-        model.compression_config = saved
+def reference_config(chunk_size: int | None) -> Method:
+    return preset("none", chunk_size=chunk_size or UNCHUNKED)
 
 
 @torch.no_grad()
-def reference_logits(model, input_ids: torch.Tensor, chunk_size: int, keep_last: int = 0) -> torch.Tensor:
+def reference_logits(model, input_ids: torch.Tensor, chunk_size: int | None, keep_last: int = 0) -> torch.Tensor:
     """Reference logits [T or keep_last, V] (float32) of one sequence [T] (or [1, T])."""
     ids = input_ids.view(1, -1).to(model.device)
-    with using_config(model, reference_config(chunk_size)):
-        out = model(ids, logits_to_keep=keep_last)
+    out = model(ids, logits_to_keep=keep_last, compression_config=reference_config(chunk_size))
     return out.logits[0].float()
 
 
-def is_reference(config: CompressionConfig) -> bool:
+def is_reference(config: Method) -> bool:
     """True when `config` is its own reference (fidelity is then exact by construction)."""
-    return config == reference_config(config.chunk_size)
+    return config.is_lossless and config == reference_config(config.chunk_size)
 
 
 def prefill_fidelity(model, window: torch.Tensor, logits: torch.Tensor, chunk_size: int, *,
@@ -139,5 +129,5 @@ def continuation_fidelity(model, prompt_ids: list[int], new_ids: list[int], step
     return Fidelity.of(ref, step_logits.to(ref.device))
 
 
-__all__ = ["Fidelity", "continuation_fidelity", "is_reference", "kl_divergence", "prefill_fidelity",
-           "reference_config", "reference_logits", "top1_agreement", "using_config"]
+__all__ = ["UNCHUNKED", "Fidelity", "continuation_fidelity", "is_reference", "kl_divergence", "prefill_fidelity",
+           "reference_config", "reference_logits", "top1_agreement"]

@@ -95,8 +95,9 @@ def stop_token_ids(model, tokenizer, spec: TaskSpec) -> list[int]:
 
 @torch.no_grad()
 def generate_sample(model, tokenizer, input_ids: list[int], spec: TaskSpec, *,
-                    past_key_values=None) -> GenerationOutput:
-    """Greedy continuation of `input_ids` (see the module docstring)."""
+                    past_key_values=None, compression_config=None) -> GenerationOutput:
+    """Greedy continuation of `input_ids` (see the module docstring) with the method
+    `compression_config` (default: the model's) and, when given, its cache `past_key_values`."""
     if not input_ids:
         raise ValueError("empty prompt: the sample produced no input tokens")
     device = model.device
@@ -113,6 +114,8 @@ def generate_sample(model, tokenizer, input_ids: list[int], spec: TaskSpec, *,
         kwargs["min_new_tokens"] = 1
     if past_key_values is not None:
         kwargs["past_key_values"] = past_key_values
+    if compression_config is not None:
+        kwargs["compression_config"] = compression_config
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()

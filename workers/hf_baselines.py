@@ -1,46 +1,39 @@
-"""transformers' own quantized KV caches (`QuantizedCache`) as baselines of the same runner.
+"""transformers' own quantized KV caches (`QuantizedCache`) as a method of the same runner.
 
-A `HFBaseline` names one backend setting (`hf-quanto-4`: optimum-quanto, int4, per-channel
-groups of 64 along the head dim, the last 128 tokens in full precision). A `WorkUnit` holds it
-where it would hold a `CompressionConfig`; the runner then runs the *plain* model path:
-transformers' `generate`/forward with a fresh `QuantizedCache` per sample, prefill in one
-forward (`chunk_size=None`, how the cache is used as shipped), or in chunks of `chunk_size`
-tokens through the same cache when set.
+`HFQuantized` (method "hf_quantized") is registered in streamkv's method registry from here,
+through the same public API a user's method uses: it builds no streamkv cache layers but a
+fresh transformers `QuantizedCache` (`new_cache`), and measures it (`stats`). Presets:
+`hf-quanto-4` (optimum-quanto, int4, groups of 64 along the head dim, the last 128 tokens in
+full precision), `hf-quanto-2`, `hf-hqq-4`, `hf-fp8`. Prefill runs in one forward
+(`chunk_size=None`, how the cache is used as shipped), or in chunks of `chunk_size` tokens
+through the same cache when set.
 
 As shipped, `QuantizedLayer.update` returns the prefill's keys/values in full precision and
 quantizes them only for later steps: a one-forward perplexity window therefore sees no
 quantization at all (its perplexity is the uncompressed one); generation quality and
 chunked prefill are where the backend's error shows.
 
-Availability is probed, never assumed: `available_hf_baselines()` builds each backend's cache
-once and reports (available, reason). transformers 5.17 has the `quanto` and `hqq` backends
-and no fp8 one: `hf-fp8` is reported unavailable with that reason, and running it raises
-`HFBaselineUnavailable` (the cluster marks the unit skipped with the reason), never a silent
-drop.
-
-Results store: results are keyed by a `CompressionConfig`'s `config_id`, so each baseline is
-recorded under `HFBaseline.storage_config()`: method `hf_<backend>` with the backend's bits,
-`group_size=q_group_size`, `residual_length`, post-RoPE keys, no sink/outlier protection and
-`chunk_size` = the prefill chunk (`UNCHUNKED` when one forward). `UnitResult.method` carries the
-baseline's own name (e.g. "hf-quanto-4").
+Availability is probed, never assumed: `availability(method)` builds the backend's cache once
+and reports (available, reason). transformers 5.17 has the `quanto` and `hqq` backends and no
+fp8 one: `hf-fp8` is reported unavailable with that reason, and building its cache raises
+`HFBaselineUnavailable` (a `streamkv.methods.MethodUnavailable`: the cluster marks the unit
+skipped with the reason), never a silent drop.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 import torch
 
-from streamkv.config import ALLOWED_BITS, CompressionConfig
+from streamkv.compression_stats import CompressionStats
+from streamkv.families import head_dim_of
+from streamkv.methods import Method, MethodUnavailable, register_method, register_preset
+from streamkv.settings import integer, one_of, optional, setting
 
-# chunk_size recorded for a prefill in one forward (stand-in config only).
-UNCHUNKED = 1 << 30
-
-
-class HFBaselineUnavailable(RuntimeError):
+class HFBaselineUnavailable(MethodUnavailable):
     """The backend of an HF baseline cannot run here; the message says why."""
 
 
@@ -49,70 +42,46 @@ class Availability(NamedTuple):
     reason: str
 
 
+@register_method
 @dataclass(frozen=True)
-class HFBaseline:
-    """One transformers `QuantizedCache` setting, run through the runner like a config."""
+class HFQuantized(Method):
+    """One transformers `QuantizedCache` setting, run through the runner like any method."""
 
-    name: str
-    backend: str  # "quanto" | "hqq" | "fp8" (probed)
-    nbits: int
-    residual_length: int = 128
-    q_group_size: int = 64
-    axis_key: int = 0
-    axis_value: int = 0
-    # None: prefill in one forward (as shipped); N: prefill in chunks of N through the cache.
-    chunk_size: int | None = None
+    name = "hf_quantized"
 
-    def __post_init__(self) -> None:
-        if not self.name.startswith("hf-"):
-            raise ValueError(f"HFBaseline name {self.name!r} must start with 'hf-'")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size={self.chunk_size} is out of range (allowed: None or >= 1)")
+    chunk_size: int | None = setting(None, optional(integer(1), "one forward, as shipped"),
+                                     "prefill chunk in tokens through the same cache")
+    backend: str = setting("quanto", one_of("quanto", "hqq", "fp8"), "QuantizedCache backend (probed)")
+    nbits: int = setting(4, one_of(1, 2, 3, 4, 8), "bits of the backend's codes")
+    residual_length: int = setting(128, integer(0), "most recent tokens kept in full precision")
+    q_group_size: int = setting(64, integer(1), "quantization group along the quantized axis")
+    axis_key: int = setting(0, one_of(0, -1), "quantization axis of keys")
+    axis_value: int = setting(0, one_of(0, -1), "quantization axis of values")
 
     @property
-    def method(self) -> str:
-        return self.name
+    def label(self) -> str:
+        """How messages name this setting (the preset's name when it is one)."""
+        return f"hf-{self.backend}-{self.nbits}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def check_available(self) -> None:
+        require_available(self)
 
-    def replace(self, **changes: Any) -> HFBaseline:
-        return dataclasses.replace(self, **changes)
+    def new_cache(self, model_config, rotary_emb=None, *, dtype=None, device=None, fused=None):
+        require_available(self)
+        return make_cache(self, model_config)
 
-    def storage_config(self) -> CompressionConfig:
-        """The `CompressionConfig` (method `hf_<backend>`) results are stored under."""
-        bits = self.nbits if self.nbits in ALLOWED_BITS else 8
-        return CompressionConfig(
-            method=f"hf_{self.backend}", key_bits_normal=bits, value_bits_normal=bits,
-            key_bits_sink_outlier=max(8, bits), value_bits_sink_outlier=max(8, bits),
-            group_size=self.q_group_size, residual_length=self.residual_length,
-            pre_rope_keys=False, sink_protection=False, outlier_detection=False,
-            value_quant_groups=0, chunk_size=self.chunk_size or UNCHUNKED)
-
-    @property
-    def config_id(self) -> str:
-        return self.storage_config().config_id
+    def stats(self, cache, model_config) -> CompressionStats:
+        return cache_stats(cache, model_config)
 
 
-HF_BASELINES: dict[str, HFBaseline] = {
-    b.name: b for b in (
-        HFBaseline("hf-quanto-4", "quanto", 4),
-        HFBaseline("hf-quanto-2", "quanto", 2),
-        HFBaseline("hf-hqq-4", "hqq", 4),
-        HFBaseline("hf-fp8", "fp8", 8),
-    )
+HF_PRESETS: dict[str, dict[str, Any]] = {
+    "hf-quanto-4": dict(backend="quanto", nbits=4),
+    "hf-quanto-2": dict(backend="quanto", nbits=2),
+    "hf-hqq-4": dict(backend="hqq", nbits=4),
+    "hf-fp8": dict(backend="fp8", nbits=8),
 }
-
-
-def hf_baseline(name: str, **overrides: Any) -> HFBaseline:
-    """A named HF baseline (see HF_BASELINES), optionally with fields changed."""
-    if name not in HF_BASELINES:
-        raise ValueError(f"unknown HF baseline {name!r}; allowed: {', '.join(HF_BASELINES)}")
-    known = {f.name for f in dataclasses.fields(HFBaseline)} - {"name", "backend"}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown HFBaseline field(s) {unknown}; allowed: {sorted(known)}")
-    return HF_BASELINES[name].replace(**overrides)
+for _name, _settings in HF_PRESETS.items():
+    register_preset(_name, HFQuantized, **_settings)
 
 
 def _probe_config():
@@ -122,7 +91,7 @@ def _probe_config():
                        num_attention_heads=1, num_key_value_heads=1)
 
 
-def make_cache(baseline: HFBaseline, model_config):
+def make_cache(baseline: HFQuantized, model_config):
     """A fresh `QuantizedCache` for `model_config`; HFBaselineUnavailable with the reason."""
     from transformers import __version__ as tf_version
     from transformers.cache_utils import QuantizedCache
@@ -136,11 +105,11 @@ def make_cache(baseline: HFBaseline, model_config):
         if "Unknown quantization backend" in str(err):
             backends = ", ".join(_backends_here()) or "none"
             raise HFBaselineUnavailable(
-                f"{baseline.name}: transformers {tf_version} QuantizedCache has no "
+                f"{baseline.label}: transformers {tf_version} QuantizedCache has no "
                 f"{baseline.backend!r} backend (backends here: {backends})") from None
-        raise HFBaselineUnavailable(f"{baseline.name}: {err}") from None
+        raise HFBaselineUnavailable(f"{baseline.label}: {err}") from None
     except ImportError as err:
-        raise HFBaselineUnavailable(f"{baseline.name}: {err}".strip()) from None
+        raise HFBaselineUnavailable(f"{baseline.label}: {err}".strip()) from None
 
 
 @lru_cache(maxsize=1)
@@ -161,7 +130,7 @@ def _backends_here() -> tuple[str, ...]:
 
 
 @cache
-def _availability(baseline: HFBaseline) -> Availability:
+def _availability(baseline: HFQuantized) -> Availability:
     try:
         cache = make_cache(baseline, _probe_config())
         # quanto's kernels and quantizer are only exercised on the first real update.
@@ -172,20 +141,20 @@ def _availability(baseline: HFBaseline) -> Availability:
     except HFBaselineUnavailable as err:
         return Availability(False, str(err))
     except Exception as err:  # noqa: BLE001 - the reason is the point
-        return Availability(False, f"{baseline.name}: {type(err).__name__}: {err}")
+        return Availability(False, f"{baseline.label}: {type(err).__name__}: {err}")
     return Availability(True, "available")
 
 
-def availability(baseline: HFBaseline) -> Availability:
+def availability(baseline: HFQuantized) -> Availability:
     return _availability(baseline)
 
 
 def available_hf_baselines() -> dict[str, Availability]:
-    """Every named HF baseline -> (available, reason)."""
-    return {name: _availability(b) for name, b in HF_BASELINES.items()}
+    """Every HF preset -> (available, reason)."""
+    return {name: _availability(HFQuantized(**settings)) for name, settings in HF_PRESETS.items()}
 
 
-def require_available(baseline: HFBaseline) -> None:
+def require_available(baseline: HFQuantized) -> None:
     status = _availability(baseline)
     if not status.available:
         raise HFBaselineUnavailable(status.reason)
@@ -206,15 +175,13 @@ def _leaf_tensors(t: Any) -> list[torch.Tensor]:
     return []
 
 
-def cache_stats(cache, model_config) -> dict[str, Any]:
+def cache_stats(cache, model_config) -> CompressionStats:
     """tokens, kv_bytes (measured from the cache's tensors), fp16_kv_bytes, avg bits, ratio.
 
     kv_bytes counts every tensor a layer holds: quantized codes, scales, shifts and the
     full-precision residual. None (with `kv_bytes_note`) when a layer's storage is not made
     of tensors this function can see.
     """
-    from streamkv.cache import head_dim_of
-
     layers = cache.layers
     tokens = layers[0].get_seq_length() if layers else 0
     batch = 0
@@ -240,28 +207,14 @@ def cache_stats(cache, model_config) -> dict[str, Any]:
     def bits(n_bytes: int | None, n_elements: int) -> float | None:
         return 8 * n_bytes / n_elements if n_bytes is not None and n_elements else None
 
-    return {
-        "tokens": tokens,
-        "kv_bytes": kv_bytes,
-        "fp16_kv_bytes": fp16,
-        "avg_key_bits": None if note else bits(held_bytes["keys"], elements),
-        "avg_value_bits": None if note else bits(held_bytes["values"], elements),
-        "avg_bits": bits(kv_bytes, 2 * elements),
-        "compression_ratio": fp16 / kv_bytes if kv_bytes else None,
-        "kv_bytes_note": note,
-    }
+    # No sink or outlier handling, and no peak tracking inside transformers' cache.
+    return CompressionStats(
+        tokens=tokens, batch_size=batch, kv_bytes=kv_bytes, fp16_kv_bytes=fp16,
+        avg_key_bits=None if note else bits(held_bytes["keys"], elements),
+        avg_value_bits=None if note else bits(held_bytes["values"], elements),
+        avg_bits=bits(kv_bytes, 2 * elements), outlier_ratio=None, sink_tokens=0,
+        compression_ratio=fp16 / kv_bytes if kv_bytes else None, peak_kv_bytes=None, kv_bytes_note=note)
 
 
-__all__ = [
-    "HF_BASELINES",
-    "UNCHUNKED",
-    "Availability",
-    "HFBaseline",
-    "HFBaselineUnavailable",
-    "availability",
-    "available_hf_baselines",
-    "cache_stats",
-    "hf_baseline",
-    "make_cache",
-    "require_available",
-]
+__all__ = ["HF_PRESETS", "Availability", "HFBaselineUnavailable", "HFQuantized", "availability",
+           "available_hf_baselines", "cache_stats", "make_cache", "require_available"]

@@ -4,7 +4,7 @@ Protocol: the text is tokenized once, cut into non-overlapping windows of `conte
 tokens (the KVQuant/GPTQ protocol), and each window is one forward of the compressed model:
 chunks of `chunk_size` tokens, each attending to the quantized history plus its own
 keys/values (full precision in the streaming protocol; quantized too in the strict protocol,
-`CompressionConfig.quantize_current_chunk=True`, as the published KVQuant tables are computed).
+`quantize_current_chunk=True`, as the published KVQuant tables are computed).
 The NLL of every position but the first of each window is averaged.
 """
 
@@ -47,10 +47,11 @@ def token_windows(token_ids: torch.Tensor, context_length: int) -> list[torch.Te
 
 
 @torch.no_grad()
-def window_nll(model, window: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """(sum of next-token NLL, logits [T, V] float32) of one window through `model`."""
+def window_nll(model, window: torch.Tensor, compression_config=None) -> tuple[float, torch.Tensor]:
+    """(sum of next-token NLL, logits [T, V] float32) of one window through `model` with the
+    method `compression_config` (default: the model's)."""
     ids = window.unsqueeze(0).to(model.device)
-    logits = model(ids).logits[0].float()
+    logits = model(ids, compression_config=compression_config).logits[0].float()
     nll = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:], reduction="sum")
     return float(nll), logits
 

@@ -5,15 +5,15 @@
 
 Config files (YAML, `workers.units.load_config_file`; `configs/default.yaml` is the streamkv-4
 preset), one of:
-- a CompressionConfig's fields (no `baseline:` key); missing
-  fields take their defaults, an unknown or out-of-range field is an error naming it;
-- a named preset plus optional field overrides:
-      baseline: streamkv-3        # none | int8 | int4_token | kivi-4 | kivi-2 | streamkv-{4,3,2}
+- a named preset plus optional setting changes:
+      preset: streamkv-3          # `streamkv.preset_names()`: none, int8, kivi-4, hf-quanto-4, ...
       chunk_size: 256
-- an HF baseline (transformers' QuantizedCache) plus optional HFBaseline overrides:
-      baseline: hf-quanto-4       # hf-quanto-4 | hf-quanto-2 | hf-hqq-4 | hf-fp8
-      chunk_size: 512             # prefill through the cache in chunks (default: one forward)
-`--baseline NAME` instead of `--config` uses a preset directly.
+- a method and its settings (missing ones take their defaults):
+      method: kivi                # `streamkv.method_names()`
+      key_bits: 2
+- streamkv's own settings alone (no `preset:` or `method:` key).
+An unknown or out-of-range setting is an error naming it. `--preset NAME` instead of
+`--config` uses a preset directly.
 
 Output: the unit key, the summary (metrics, compression, timings, environment) and one line per
 sample; `--json PATH` also writes the whole result (trace tables as row counts).
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", required=True, help=f"one of: {', '.join(TASK_NAMES)}")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--config", default=None, help="YAML config file (default configs/default.yaml)")
-    group.add_argument("--baseline", default=None, help="a named preset instead of a config file")
+    group.add_argument("--preset", default=None, help="a named preset instead of a config file")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--limit", type=int, default=None, help="samples (windows) per shard")
     ap.add_argument("--source", default=None, help="LongBench file/folder/hf:// id, or a text file")
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        if args.baseline:
-            config = config_from_mapping({"baseline": args.baseline})
+        if args.preset:
+            config = config_from_mapping({"preset": args.preset})
         else:
             from workers.environment import REPO_ROOT
 

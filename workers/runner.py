@@ -1,7 +1,8 @@
 """`run_unit(loaded, unit)`: evaluate one work unit on a loaded model -> `store.UnitResult`.
 
-Nothing here knows Ray or SQL. One model is loaded per process; each unit sets
-`model.compression_config` for its run (restored afterwards). Per sample:
+Nothing here knows Ray or SQL. One model is loaded per process; each unit's method object is
+passed explicitly to every forward and generate call, with a fresh cache per sample built by
+the method (`method.new_cache`), and measured by the method (`method.stats`). Per sample:
 
 - task units (LongBench / synthetic): prompt (`prepare_input`: official template, middle
   truncation to `max_length`, chat format) -> greedy generation (`workers.generation`) ->
@@ -29,8 +30,8 @@ kernel allows it, else the lifetime max RSS). `environment["peak_memory"]` says 
 A sample that fails on its data (a prompt that cannot be built or is empty, a prompt longer
 than the model's positions, a ground truth the metric cannot read, a non-finite NLL) raises
 `SampleError` (a ValueError) naming the unit, the sample id and its index; any other error
-propagates unchanged with a note naming the sample. An HF baseline
-whose backend is missing raises `HFBaselineUnavailable` with the reason. A shard with no
+propagates unchanged with a note naming the sample. A method that cannot run here (e.g. an HF
+backend that is not installed) raises `streamkv.methods.MethodUnavailable` with the reason. A shard with no
 samples (a task smaller than the shard count) gives a result with n_samples=0 and no metrics.
 """
 
@@ -49,17 +50,10 @@ from typing import Any
 import torch
 
 from store.entities import SampleRow, UnitResult
-from streamkv.config import CompressionConfig, baseline
+from streamkv.methods import Method
 from workers import fidelity as fid
 from workers.environment import device_name, environment
 from workers.generation import generate_sample
-from workers.hf_baselines import (
-    UNCHUNKED,
-    HFBaseline,
-    cache_stats,
-    make_cache,
-    require_available,
-)
 from workers.metrics import aggregate, score_sample
 from workers.perplexity import load_text, token_windows
 from workers.prompts import prepare_input
@@ -118,35 +112,23 @@ class PeakMemory:
 # --- one run of the model --------------------------------------------------------------------------
 @dataclass
 class _Plan:
-    """How the unit's samples are run: the model's config and an optional HF cache factory."""
+    """How the unit's samples are run: its method, and the reference fidelity compares with."""
 
-    run_config: CompressionConfig  # assigned to model.compression_config for the run
-    hf: HFBaseline | None
-    reference_chunk: int
+    method: Method
+    reference_chunk: int | None
     same_as_reference: bool
 
     @classmethod
-    def of(cls, unit: WorkUnit, model) -> _Plan:
-        if isinstance(unit.config, HFBaseline):
-            require_available(unit.config)
-            chunk = unit.config.chunk_size or UNCHUNKED
-            # The chunk loop of CompressedLlamaForCausalLM.forward with transformers' cache in
-            # it: one forward when unchunked, else chunks through the same QuantizedCache.
-            return cls(baseline("none", chunk_size=chunk), unit.config, chunk, False)
-        config = unit.config
-        from streamkv.cache import head_dim_of
-
-        config.check_head_dim(head_dim_of(model.config))
-        return cls(config, None, config.chunk_size, fid.is_reference(config))
+    def of(cls, unit: WorkUnit) -> _Plan:
+        unit.config.check_available()
+        return cls(unit.config, unit.config.chunk_size, fid.is_reference(unit.config))
 
     def new_cache(self, model):
-        return make_cache(self.hf, model.config) if self.hf is not None else None
+        return model.new_cache(self.method)
 
     def stats(self, model, cache) -> tuple[dict[str, Any], Any]:
-        """(scalar cache stats, CompressionStats or None) of the run that just finished."""
-        if self.hf is not None:
-            return cache_stats(cache, model.config), None
-        stats = model.get_compression_stats()
+        """(scalar cache stats, CompressionStats) of the run that just finished."""
+        stats = self.method.stats(cache, model.config)
         return stats.scalars(), stats
 
 
@@ -169,12 +151,12 @@ class _Totals:
 
 def _warm_up(loaded, plan: _Plan) -> None:
     """One untimed 8-token forward per loaded model and config (recorded on `loaded`)."""
-    key = repr(plan.run_config) + repr(plan.hf)
+    key = repr(plan.method)
     if key in loaded.warmed:
         return
     model = loaded.model
     ids = torch.arange(1, 9, device=model.device).view(1, -1) % model.config.vocab_size
-    model(ids, past_key_values=plan.new_cache(model), logits_to_keep=1)
+    model(ids, past_key_values=plan.new_cache(model), logits_to_keep=1, compression_config=plan.method)
     loaded.warmed.add(key)
 
 
@@ -199,7 +181,7 @@ def _run_task_sample(loaded, unit: WorkUnit, plan: _Plan, sample, totals: _Total
         raise SampleError(f"prompt of {len(ids)} tokens + max_new_tokens={spec.max_new_tokens} exceeds the "
                           f"model's max_position_embeddings={limit}; lower max_length (now {unit.max_length})")
     cache = plan.new_cache(model)
-    gen = generate_sample(model, tokenizer, ids, spec, past_key_values=cache)
+    gen = generate_sample(model, tokenizer, ids, spec, past_key_values=cache, compression_config=plan.method)
     scalars, stats = plan.stats(model, cache)
     fidelity = fid.continuation_fidelity(model, ids, gen.new_token_ids, gen.step_logits, plan.reference_chunk,
                                          same_as_reference=plan.same_as_reference)
@@ -246,7 +228,7 @@ def _run_window(loaded, plan: _Plan, index: int, window: torch.Tensor, totals: _
     cache = plan.new_cache(model)
     _sync(model.device)
     start = time.perf_counter()
-    out = model(ids, past_key_values=cache)
+    out = model(ids, past_key_values=cache, compression_config=plan.method)
     _sync(model.device)
     seconds = time.perf_counter() - start
     logits = out.logits[0].float()
@@ -289,31 +271,21 @@ def _mean(values: list) -> float | None:
     return sum(present) / len(present) if present and len(present) == len(values) else None
 
 
-def _calibration_env(config) -> dict[str, Any]:
-    if not isinstance(config, CompressionConfig) or config.method != "calibrated":
-        return {}
-    from streamkv.calibration import calibration_info
-
-    return {"calibration": calibration_info(config.calibration_path)}
-
-
 def run_unit(loaded, unit: WorkUnit, progress: ProgressFn | None = None) -> UnitResult:
-    """Evaluate `unit` on `loaded` (a `streamkv.models.LoadedModel`); see the module docstring."""
+    """Evaluate `unit` on `loaded` (a `streamkv.loading.LoadedModel`); see the module docstring."""
     started = datetime.now(timezone.utc)
     report = progress or (lambda message: None)
     model = loaded.model
-    plan = _Plan.of(unit, model)
+    plan = _Plan.of(unit)
     data_sha, data_what = dataset_sha256(unit)
     env = environment(loaded, model_name=unit.model, dataset_sha256=data_sha, dataset_hash_of=data_what,
                       seed=unit.seed)
-    env.update(_calibration_env(unit.config))
-    if isinstance(unit.config, HFBaseline):
-        env["hf_baseline"] = unit.config.to_dict()
+    env.update(unit.config.environment())
     totals, traces = _Totals(), TraceCollector()
     memory = PeakMemory(model.device)
     label = f"{unit.task} {unit.shard} [{unit.method}]"
     torch.manual_seed(unit.seed)
-    with torch.no_grad(), fid.using_config(model, plan.run_config):
+    with torch.no_grad():
         if unit.kind == "perplexity":
             limit = getattr(model.config, "max_position_embeddings", None)
             if limit and unit.context_length > limit:
@@ -370,7 +342,7 @@ def run_unit(loaded, unit: WorkUnit, progress: ProgressFn | None = None) -> Unit
     means = {name: _mean([s.get(name) for s in totals.stats]) for name in _STAT_FIELDS}
     return UnitResult(
         key=unit.key,
-        config=unit.compression_config.to_dict(),
+        config=unit.config.to_dict(),
         method=unit.method,
         metrics=metrics,
         n_samples=n,

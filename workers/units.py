@@ -18,8 +18,10 @@ Task kinds (`WorkUnit.kind`):
 `max_length` bounds LongBench/synthetic prompts (official middle truncation,
 `workers.prompts.prepare_input`); it is unused by perplexity units.
 
-Configs: `config` is a `streamkv.CompressionConfig` or a `workers.hf_baselines.HFBaseline`.
-`config_from_mapping` reads both from a YAML/JSON mapping (see `workers.run_unit`).
+Configs: `config` is any registered method object (`streamkv.methods`; transformers' own
+quantized caches are `workers.hf_baselines.HFQuantized`). `config_from_mapping` reads one from
+a YAML/JSON mapping (`preset: NAME` + changes, `method: NAME` + settings, or streamkv's own
+settings; see `workers.run_unit`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from store.entities import UnitKey
-from streamkv.config import BASELINES, CompressionConfig, baseline
+from streamkv.methods import Method, method_from_mapping
 from workers import data as lb_data
-from workers.hf_baselines import HF_BASELINES, HFBaseline, hf_baseline
+from workers import hf_baselines  # noqa: F401  (registers transformers' QuantizedCache presets)
 from workers.perplexity import DEFAULT_WIKITEXT
 from workers.tasks import LONGBENCH_TASK_NAMES, SYNTHETIC_TASK_NAMES, get_task
 
@@ -46,7 +48,6 @@ TASK_NAMES: tuple[str, ...] = LONGBENCH_TASK_NAMES + SYNTHETIC_TASK_NAMES + PERP
 SYNTHETIC_TOTAL = 200
 
 TaskKind = Literal["longbench", "synthetic", "perplexity"]
-UnitConfig = CompressionConfig | HFBaseline
 
 
 def task_kind(task: str) -> TaskKind:
@@ -61,8 +62,8 @@ def task_kind(task: str) -> TaskKind:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    model: str  # a name `streamkv.models.load_model` takes; the key's model_id
-    config: UnitConfig
+    model: str  # a name `streamkv.loading.load_model` takes; the key's model_id
+    config: Method
     task: str
     shard: str = "0/1"  # "i/n"
     source: str | None = None  # LongBench file/folder/hf:// id; text file for synthetic/ppl
@@ -76,8 +77,8 @@ class WorkUnit:
         problems = []
         if not isinstance(self.model, str) or not self.model:
             problems.append(f"model={self.model!r} must be a non-empty string")
-        if not isinstance(self.config, (CompressionConfig, HFBaseline)):
-            problems.append(f"config must be a CompressionConfig or HFBaseline, got {type(self.config).__name__}")
+        if not isinstance(self.config, Method):
+            problems.append(f"config must be a streamkv method object, got {type(self.config).__name__}")
         try:
             kind = task_kind(self.task)
         except ValueError as err:
@@ -116,23 +117,14 @@ class WorkUnit:
         return lb_data.parse_shard(self.shard)
 
     @property
-    def is_hf_baseline(self) -> bool:
-        return isinstance(self.config, HFBaseline)
-
-    @property
-    def compression_config(self) -> CompressionConfig:
-        """The CompressionConfig results are stored under (an HF baseline's stand-in)."""
-        return self.config.storage_config() if isinstance(self.config, HFBaseline) else self.config
-
-    @property
     def method(self) -> str:
-        return self.config.method
+        return self.config.name
 
     @property
     def key(self) -> UnitKey:
         index, count = self.shard_index
         return UnitKey(sweep_id=self.sweep_id, model_id=self.model,
-                       config_id=self.compression_config.config_id, task=self.task,
+                       config_id=self.config.config_id, task=self.task,
                        shard=f"{index}/{count}")
 
     def replace(self, **changes: Any) -> WorkUnit:
@@ -144,31 +136,13 @@ class WorkUnit:
 
 
 # --- configs from mappings ------------------------------------------------------------------------
-def config_from_mapping(data: dict[str, Any]) -> UnitConfig:
-    """`{"baseline": NAME, **overrides}` or a CompressionConfig's fields.
-
-    NAME is one of `streamkv.BASELINES` (overrides are CompressionConfig fields) or an HF
-    baseline (`workers.hf_baselines.HF_BASELINES`; overrides are HFBaseline fields). Errors
-    name the offending field.
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f"a config must be a mapping, got {type(data).__name__}")
-    data = dict(data)
-    name = data.pop("baseline", None)
-    if name is None:
-        return CompressionConfig.from_dict(data)
-    if name in HF_BASELINES:
-        return hf_baseline(name, **data)
-    if name in BASELINES:
-        known = {f.name for f in dataclasses.fields(CompressionConfig)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown CompressionConfig field(s) {unknown}; allowed: {sorted(known)}")
-        return baseline(name, **data)
-    raise ValueError(f"baseline={name!r} is unknown; allowed: {', '.join(BASELINES + tuple(HF_BASELINES))}")
+def config_from_mapping(data: dict[str, Any]) -> Method:
+    """`{"preset": NAME, **changes}`, `{"method": NAME, **settings}` or streamkv's own settings
+    (`streamkv.methods.method_from_mapping`); errors name every offending setting."""
+    return method_from_mapping(data)
 
 
-def load_config_file(path: str | Path) -> UnitConfig:
+def load_config_file(path: str | Path) -> Method:
     """A config from a YAML (or JSON) file; see `config_from_mapping`."""
     import yaml
 
@@ -246,6 +220,6 @@ def dataset_sha256(unit: WorkUnit) -> tuple[str, str]:
     return digest.hexdigest(), "validated rows (hub source)"
 
 
-__all__ = ["PERPLEXITY_TASK", "SYNTHETIC_TOTAL", "TASK_NAMES", "UnitConfig", "WorkUnit",
+__all__ = ["PERPLEXITY_TASK", "SYNTHETIC_TOTAL", "TASK_NAMES", "WorkUnit",
            "config_from_mapping", "dataset_sha256", "load_config_file", "longbench_samples",
            "task_kind", "window_indices"]

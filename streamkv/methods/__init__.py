@@ -1,29 +1,34 @@
-"""One cache-layer class per compression method, looked up by `CompressionConfig.method`."""
+"""Compression methods: one file each, found by name in one registry.
 
-from __future__ import annotations
+Built in: `none` (16-bit reference), `int8`, `int4_token`, `kivi`, `streamkv`
+(`CompressionConfig`, ours) and `calibrated` (KVQuant-style fixed statistics). Presets
+(`streamkv-4`, `kivi-2`, ...) are registered next to their method. A method from another
+package registers the same way (`register_method`, `register_preset`) and then runs through
+the cache, the model classes, the sweep spec, the store and the dashboard unchanged.
+"""
 
-from streamkv.config import CompressionConfig
-from streamkv.methods.base import PackedLayer, Step
-from streamkv.methods.calibrated import CalibratedLayer
-from streamkv.methods.kivi import KiviLayer
-from streamkv.methods.streaming import StreamingLayer
-from streamkv.methods.uniform import NoCompressionLayer, PerTokenLayer
+from streamkv.methods.base import Method, MethodUnavailable
+from streamkv.methods.registry import (
+    DEFAULT_METHOD,
+    method_class,
+    method_from_mapping,
+    method_from_dict,
+    method_names,
+    preset,
+    preset_names,
+    preset_settings,
+    register_method,
+    register_preset,
+    resolve_settings,
+)
 
-LAYER_CLASSES: dict[str, type[PackedLayer]] = {
-    "none": NoCompressionLayer,
-    "int8": PerTokenLayer,
-    "int4_token": PerTokenLayer,
-    "kivi": KiviLayer,
-    "streamkv": StreamingLayer,
-    "calibrated": CalibratedLayer,
-}
+# Importing a method's module registers it (and its presets), in this order.
+from streamkv.methods.none import NoCompression  # noqa: E402  isort: skip
+from streamkv.methods.per_token import Int4Token, Int8  # noqa: E402  isort: skip
+from streamkv.methods.kivi import Kivi  # noqa: E402  isort: skip
+from streamkv.methods.streaming import CompressionConfig  # noqa: E402  isort: skip
+from streamkv.methods.calibrated import Calibrated  # noqa: E402  isort: skip
 
-
-def make_layer(config: CompressionConfig, n_kv_heads: int, head_dim: int) -> PackedLayer:
-    if config.method not in LAYER_CLASSES:
-        raise ValueError(f"method={config.method!r} has no cache layer here "
-                         f"(allowed: {', '.join(sorted(LAYER_CLASSES))})")
-    return LAYER_CLASSES[config.method](config, n_kv_heads, head_dim)
-
-
-__all__ = ["LAYER_CLASSES", "PackedLayer", "Step", "make_layer"]
+__all__ = ["DEFAULT_METHOD", "Calibrated", "CompressionConfig", "Int4Token", "Int8", "Kivi", "Method", "MethodUnavailable", "NoCompression",
+           "method_class", "method_from_dict", "method_from_mapping", "method_names", "preset", "preset_names", "preset_settings",
+           "register_method", "register_preset", "resolve_settings"]

@@ -1,214 +1,168 @@
-"""The cache-layer interface every compression method shares.
+"""`Method`: the base of every compression method's settings (one frozen dataclass per method).
 
-A method is one small `PackedLayer` subclass that decides how new tokens are quantized
-(`write`); reading the history back, RoPE for pre-RoPE keys, lengths and byte accounting
-live here once. Layers follow transformers' `CacheLayerMixin`, so `CompressedCache` is, like
-transformers' own caches, mostly a list of layers.
+A method object holds only its own settings, validates them (every problem at once, each
+naming the field, the value and the allowed range), serializes to `{"method": name, ...}`,
+and builds what a run needs: a cache layer per model layer (`make_layer`, from explicit
+arguments) or, for methods that are not packed streamkv layers, a whole cache (`new_cache`),
+and the stats of a finished cache (`stats`). Methods are found by name in
+`streamkv.methods.registry`; adding one is one file (see `streamkv/methods/none.py`, the
+smallest).
+
+Two settings are common to every method: `chunk_size` (the prefill chunk) and
+`quantize_current_chunk` (the strict protocol), so the chunked forward and the store can read
+them without knowing the method.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from dataclasses import dataclass, field
-from typing import Callable
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from transformers.cache_utils import CacheLayerMixin
+from streamkv.hashing import content_id
+from streamkv.settings import InvalidSettings, Problem, boolean, integer, out_of_range, setting
 
-from streamkv import quant
-from streamkv.config import CompressionConfig
-from streamkv.storage import PackedTensor, storage_sizes
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig
+    from transformers.cache_utils import Cache, CacheLayerMixin
 
-
-@dataclass
-class Step:
-    """What one forward step tells the layers: the chunk's RoPE and the history's positions."""
-
-    cos: torch.Tensor | None = None  # [B, S, D] of the current chunk (None: no RoPE known)
-    sin: torch.Tensor | None = None
-    history_rope: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    from streamkv.compression_stats import CompressionStats
+    from streamkv.layers import LayerContext
 
 
-@dataclass
-class Block:
-    keys: PackedTensor
-    values: PackedTensor
-    meta: dict = field(default_factory=dict)
+class MethodUnavailable(RuntimeError):
+    """The method cannot run here (e.g. its backend package is missing); the message says why.
+    A sweep records such units as skipped with the reason, never silently drops them."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """Settings of one compression method. Subclasses set `name` and add their own fields."""
+
+    name: ClassVar[str] = ""
+    # True for a method that stores every key and value exactly (the uncompressed reference).
+    is_lossless: ClassVar[bool] = False
+
+    chunk_size: int = setting(512, integer(1), "prefill chunk in tokens; each chunk is quantized once "
+                                               "it is produced")
+    quantize_current_chunk: bool = setting(False, boolean(), "strict protocol: a chunk attends to its "
+                                                             "own keys/values quantized too")
+
+    def __post_init__(self) -> None:
+        problems = type(self).problems_of(self.settings())
+        if problems:
+            raise InvalidSettings(f"{type(self).__name__} (method {self.name!r})", problems)
+        for f in self.setting_fields():
+            object.__setattr__(self, f.name, f.metadata["check"].canonical(getattr(self, f.name)))
+
+    # --- validation --------------------------------------------------------------------------
+    @classmethod
+    def setting_fields(cls) -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(cls)
+
+    @classmethod
+    def problems_of(cls, values: Mapping[str, Any]) -> list[Problem]:
+        """Every problem of these settings (missing ones take their defaults), without raising."""
+        known = {f.name: f for f in cls.setting_fields()}
+        problems = [Problem(k, f"unknown setting of method {cls.name!r}; allowed: {', '.join(known)}")
+                    for k in values if k not in known]
+        valid: dict[str, Any] = {}
+        for name, f in known.items():
+            value = values.get(name, f.default)
+            check = f.metadata["check"]
+            if check.ok(value):
+                valid[name] = value
+            else:
+                problems.append(out_of_range(name, value, check.allowed))
+        return problems + cls.cross_problems(valid)
+
+    @classmethod
+    def cross_problems(cls, valid: Mapping[str, Any]) -> list[Problem]:
+        """Problems between settings; `valid` holds the settings that passed their own check."""
+        return []
+
+    def model_problems(self, model_config: PretrainedConfig) -> list[Problem]:
+        """Problems of these settings on one model (e.g. a group count that must divide head_dim)."""
+        return []
+
+    def check_model(self, model_config: PretrainedConfig) -> None:
+        problems = self.model_problems(model_config)
+        if problems:
+            raise InvalidSettings(f"{type(self).__name__} (method {self.name!r}) for this model", problems)
+
+    @classmethod
+    def settings_table(cls) -> str:
+        """The method's settings as a Markdown table (the README's tables are these)."""
+        rows = ["| setting | default | allowed | meaning |", "|---|---|---|---|"]
+        for f in cls.setting_fields():
+            default = "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) \
+                else repr(f.default) if isinstance(f.default, str) else str(f.default)
+            allowed = f.metadata["check"].allowed.replace("|", "\\|")  # a cell's "a | b" is not a new column
+            rows.append(f"| `{f.name}` | {default} | {allowed} | {f.metadata['doc']} |")
+        return "\n".join(rows)
+
+    # --- serialization -----------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in self.setting_fields()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, **self.settings()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Method:
+        """The inverse of `to_dict` (a "method" key, if present, must name this method)."""
+        data = dict(data)
+        name = data.pop("method", cls.name)
+        if name != cls.name:
+            raise InvalidSettings(cls.__name__, [Problem("method", f"{name!r} is not {cls.name!r}")])
+        problems = cls.problems_of(data)
+        if problems:
+            raise InvalidSettings(f"{cls.__name__} (method {cls.name!r})", problems)
+        return cls(**data)
 
     @property
-    def length(self) -> int:
-        return self.keys.length
+    def config_id(self) -> str:
+        """Stable 12-hex content hash of `to_dict()`: the results store's key."""
+        return content_id(self.to_dict())
+
+    def replace(self, **changes: Any) -> Method:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def example(cls, model, workdir) -> Method:
+        """A runnable instance on `model` for quick checks (the all-methods test matrix, docs).
+        Methods that need inputs beyond their settings (a calibration file) make them here,
+        under the folder `workdir`."""
+        return cls()
+
+    # --- what a run builds -------------------------------------------------------------------
+    def make_layer(self, ctx: LayerContext) -> CacheLayerMixin:
+        """The cache layer of one model layer. Packed methods implement this; methods that
+        build a whole cache of their own override `new_cache` instead."""
+        raise TypeError(f"method {self.name!r} builds no streamkv cache layers; use its new_cache()")
+
+    def new_cache(self, model_config: PretrainedConfig, rotary_emb=None, *, dtype: torch.dtype | None = None,
+                  device: torch.device | None = None, fused: bool | None = None) -> Cache:
+        """A fresh cache for one sequence batch of `model_config`'s model."""
+        from streamkv.cache import CompressedCache
+
+        return CompressedCache(self, model_config, rotary_emb, dtype=dtype, device=device, fused=fused)
+
+    def check_available(self) -> None:
+        """Raises `MethodUnavailable` with the reason when the method cannot run here."""
+
+    def environment(self) -> dict[str, Any]:
+        """What a result should record about the method's inputs beyond its settings (e.g. the
+        hash of a calibration file)."""
+        return {}
+
+    def stats(self, cache: Cache, model_config: PretrainedConfig) -> CompressionStats:
+        """What the cache measured about itself after a run."""
+        from streamkv.compression_stats import compression_stats
+
+        return compression_stats(cache)
 
 
-def kernels_usable(device: torch.device) -> bool:
-    """Triton kernels run on CUDA tensors when Triton is installed (CUDA builds of torch ship it)."""
-    if torch.device(device).type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def to_flat(x: torch.Tensor) -> torch.Tensor:
-    """[B, H, S, D] -> [B, S, H*D]."""
-    b, h, s, d = x.shape
-    return x.transpose(1, 2).reshape(b, s, h * d)
-
-
-def from_flat(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """[B, S, H*D] -> [B, H, S, D]."""
-    b, s, c = x.shape
-    return x.view(b, s, n_heads, c // n_heads).transpose(1, 2)
-
-
-class PackedLayer(CacheLayerMixin):
-    """One layer's compressed keys and values: packed blocks, optionally an fp residual."""
-
-    is_compileable = False
-    is_croppable = False
-    is_sliding = False
-    pre_rope = False  # store keys before RoPE (rotated back at read time)
-
-    def __init__(self, config: CompressionConfig, n_kv_heads: int, head_dim: int):
-        super().__init__()
-        self.config = config
-        self.n_heads = n_kv_heads
-        self.head_dim = head_dim
-        self.n_channels = n_kv_heads * head_dim
-        self.blocks: list[Block] = []
-        self.residual_k: torch.Tensor | None = None  # [B, R, C] full precision (KIVI)
-        self.residual_v: torch.Tensor | None = None
-        self.length = 0
-        # Index/segment tensors reused by every block with the same channel layout, so they
-        # are held (and counted) once per layer instead of once per block.
-        self._shared: dict = {}
-        # Triton kernels (streamkv.kernels) for packing and unpacking; None: on CUDA when
-        # Triton is importable. Same math as the plain-torch path either way.
-        self.fused: bool | None = None
-
-    # --- transformers' layer protocol ---------------------------------------------------
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.batch_size = key_states.shape[0]
-        if self.fused is None:
-            self.fused = kernels_usable(self.device)
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step: Step | None = None,
-               *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """key_states/value_states [B, H, S, D] (keys post-RoPE) -> K, V [B, H, T+S, D]."""
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        step = step or Step()
-        keys = key_states
-        if self.pre_rope:
-            if step.cos is None:
-                raise RuntimeError(
-                    "pre-RoPE key storage needs the positions of each step: run the model through "
-                    "CompressedLlamaForCausalLM (or call CompressedCache.begin_step(position_ids))")
-            keys = quant.invert_rope(key_states, step.cos, step.sin)
-        strict = self.config.quantize_current_chunk
-        n_old, n_new = self.length, key_states.shape[-2]
-        new_k, new_v = to_flat(keys), to_flat(value_states)
-        self.prepare(new_k, new_v)
-        if not strict:  # the history, with room for the chunk itself in full precision
-            all_k, all_v = self.read(step, extra=n_new)
-        self.write(new_k, new_v)
-        self.length += n_new
-        if strict:
-            all_k, all_v = self.read(step)
-        else:
-            from_flat(all_k, self.n_heads)[:, :, n_old:] = key_states
-            from_flat(all_v, self.n_heads)[:, :, n_old:] = value_states
-        return from_flat(all_k, self.n_heads), from_flat(all_v, self.n_heads)
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def reset(self) -> None:
-        self.blocks, self.residual_k, self.residual_v, self.length = [], None, None, 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("beam search is not supported by streamkv caches; "
-                                  "use greedy decoding or sampling")
-
-    def offload(self) -> None:  # the packed blocks are the point: they stay where they are
-        return None
-
-    def prefetch(self) -> None:
-        return None
-
-    def shared(self, key, make):
-        if key not in self._shared:
-            self._shared[key] = make()
-        return self._shared[key]
-
-    # --- reading the history back ---------------------------------------------------------
-    def read(self, step: Step, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V [B, T + extra, C] whose first T tokens are the stored history dequantized (K
-        rotated if stored pre-RoPE); the `extra` tokens are left for the caller to fill.
-
-        Blocks are decoded straight into the buffer attention reads, so one layer's history
-        exists once in full precision, and only while this layer attends.
-        """
-        n = self.length
-        keys = torch.empty(self.batch_size, n + extra, self.n_channels, dtype=self.dtype, device=self.device)
-        values = torch.empty_like(keys)
-        pos = 0
-        for block in self.blocks:
-            block.keys.decode_into(keys, pos, self.fused)
-            block.values.decode_into(values, pos, self.fused)
-            pos += block.length
-        if self.residual_k is not None:
-            keys[:, pos:n] = self.residual_k
-            values[:, pos:n] = self.residual_v
-        if self.pre_rope and n:
-            cos, sin = step.history_rope(n)
-            if self.fused:
-                from streamkv import kernels
-
-                kernels.rope_(keys[:, :n], cos, sin, self.head_dim)
-            else:
-                hist = from_flat(keys[:, :n], self.n_heads)
-                hist.copy_(quant.apply_rope(hist.float(), cos.float(), sin.float()))
-        return keys, values
-
-    # --- what a method implements ----------------------------------------------------------
-    def prepare(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Called with the new tokens before the history is read: device work whose result
-        `write` needs on the host can start here and overlap the reads."""
-
-    @abstractmethod
-    def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Quantize and store new tokens: keys, values [B, S, C] (keys pre-RoPE if `pre_rope`)."""
-
-    # --- accounting ---------------------------------------------------------------------------
-    def storage_sizes(self, kind: str | None = None) -> dict[tuple[str, int], int]:
-        """{(device, storage address): bytes} of what this layer holds for `kind` (or both)."""
-        sizes: dict[tuple[str, int], int] = {}
-        for k in ("keys", "values") if kind is None else (kind,):
-            for blk in self.blocks:
-                sizes.update(getattr(blk, k).storage_sizes())
-            residual = self.residual_k if k == "keys" else self.residual_v
-            if residual is not None:
-                sizes.update(storage_sizes([residual]))
-        return sizes
-
-    def nbytes(self, kind: str | None = None) -> int:
-        return sum(self.storage_sizes(kind).values())
-
-    def outlier_elements(self) -> tuple[int, int]:
-        """(key, value) token x channel elements kept at the outlier bits by outlier detection."""
-        return 0, 0
-
-    def trace_rows(self) -> list[dict]:
-        """Per head: outlier channels and their statistics (empty for methods without)."""
-        return []
+__all__ = ["Method", "MethodUnavailable"]

@@ -1,33 +1,34 @@
-"""method="calibrated": streamkv's layout with statistics fixed offline (KVQuant-style).
+"""method "calibrated": streamkv's layout with statistics fixed offline (KVQuant-style).
 
-Everything is `StreamingLayer`'s (pre-RoPE keys per channel, values per token in channel
-groups, sink tokens and outlier channels at the high bits) except where the per-channel
-statistics come from: the (low, high) ranges of the calibration file named by
-`config.calibration_path` (`streamkv.calibration`), never updated while running (no EMA).
-Key grids and outlier channels are therefore the same for every chunk, and a value outside
-the calibrated range is clipped (saturated at the range), whatever `range_mode` says. With
-`value_quant_groups=0` the value grids are calibrated too; with groups (the default) values
-keep per-token scales and the calibration only picks their outlier channels, as in the
-streaming method.
+Everything is streamkv's (pre-RoPE keys per channel, values per token in channel groups, sink
+tokens and outlier channels at the high bits) except where the per-channel statistics come
+from: the (low, high) ranges of the calibration file `calibration_path`
+(`streamkv.calibration`, written by `python -m workers.calibrate`), never updated while
+running. Key grids and outlier channels are therefore the same for every chunk, and a value
+outside the calibrated range is clipped (saturated at the range). With `value_quant_groups=0`
+the value grids are calibrated too; with groups (the default) values keep per-token scales and
+the calibration only picks their outlier channels, as in the streaming method.
 
-A cache layer is not told its layer index (`make_layer(config, n_kv_heads, head_dim)`), so
-the layer finds it on its first update: the object that called `update` (the
-`CompressedCache`) holds it in its `layers` list. It can also be set beforehand
-(`layer.layer_idx = i`). The calibration's dims are checked against the model's: heads and
-head_dim when the layer is built, the layer count when the index is found.
+The file's dims are checked against the model's when the cache is built; each layer takes the
+ranges of its own index (`LayerContext.layer_idx`).
 """
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 
 import torch
 
-from streamkv.methods.streaming import StreamingLayer
+from streamkv.calibration import calibration_info, load_calibration
+from streamkv.families import head_dim_of
+from streamkv.layers import LayerContext
+from streamkv.methods.registry import register_method
+from streamkv.methods.streaming import PackedLayoutSettings, StreamingLayer
+from streamkv.settings import Problem, setting, text
 
 
 class FixedStats:
-    """A `streamkv.stats.ChannelStats` whose range never changes."""
+    """A `streamkv.channel_stats.ChannelStats` whose range never changes."""
 
     def __init__(self, low: torch.Tensor, high: torch.Tensor):
         self.low, self.high = low.float(), high.float()
@@ -45,59 +46,52 @@ class FixedStats:
 
 
 class CalibratedLayer(StreamingLayer):
-    def __init__(self, config, n_kv_heads: int, head_dim: int):
-        groups = config.value_quant_groups
-        if groups and head_dim % groups:
-            raise ValueError(f"value_quant_groups={groups} must divide the model's head_dim={head_dim} "
-                             f"(allowed: 0 or a divisor of {head_dim})")
-        super().__init__(config, n_kv_heads, head_dim)
-        from streamkv.calibration import load_calibration
-
-        self.calibration = load_calibration(config.calibration_path)
-        self.calibration.check_dims(None, n_kv_heads, head_dim, where=str(config.calibration_path))
-        self.layer_idx: int | None = None
-        self.key_stats = self.value_stats = None  # bound once the layer index is known
-
-    def _bind(self, layer_idx: int, num_layers: int | None) -> None:
-        calib = self.calibration
-        if num_layers is not None:
-            calib.check_dims(num_layers, self.n_heads, self.head_dim, where=str(self.config.calibration_path))
-        if not 0 <= layer_idx < calib.num_layers:
-            raise ValueError(f"layer {layer_idx} has no statistics in {self.config.calibration_path} "
-                             f"(num_layers={calib.num_layers})")
-        self.layer_idx = layer_idx
-        self.key_stats = FixedStats(*calib.key_range(layer_idx, self.pre_rope))
-        self.value_stats = FixedStats(*calib.range("value", layer_idx))
-
-    def _find_index(self) -> tuple[int, int | None]:
-        frame = sys._getframe(2)
-        for _ in range(4):
-            if frame is None:
-                break
-            owner = frame.f_locals.get("self")
-            layers = getattr(owner, "layers", None)
-            if isinstance(layers, (list, tuple)):
-                for i, layer in enumerate(layers):
-                    if layer is self:
-                        return i, len(layers)
-            frame = frame.f_back
-        raise RuntimeError("CalibratedLayer could not find its layer index: update it through a "
-                           "CompressedCache, or set layer.layer_idx first")
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if self.key_stats is None:
-            if self.layer_idx is not None:
-                self._bind(self.layer_idx, None)
-            else:
-                self._bind(*self._find_index())
-        return super().update(key_states, value_states, *args, **kwargs)
+    def _new_stats(self):
+        calib = load_calibration(self.settings.calibration_path)
+        i = self.ctx.layer_idx
+        return FixedStats(*calib.key_range(i, self.pre_rope)), FixedStats(*calib.range("value", i))
 
     def _range(self, stats, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return stats.low, stats.high  # fixed ranges: out-of-range values are clipped
 
-    def trace_rows(self) -> list[dict]:
-        return [] if self.key_stats is None else super().trace_rows()
 
-    def reset(self) -> None:
-        super().reset()
-        self.key_stats = self.value_stats = None  # the fixed ranges are bound again on update
+@register_method
+@dataclass(frozen=True)
+class Calibrated(PackedLayoutSettings):
+    """KVQuant-style: streamkv's layout with per-channel ranges fixed offline by a calibration file."""
+
+    name = "calibrated"
+
+    calibration_path: str = setting("", text(), "the calibration file (python -m workers.calibrate)")
+
+    def model_problems(self, model_config) -> list[Problem]:
+        problems = super().model_problems(model_config)
+        try:
+            calib = load_calibration(self.calibration_path)
+        except (FileNotFoundError, ValueError) as err:
+            return problems + [Problem("calibration_path", str(err))]
+        wrong = calib.mismatch(model_config.num_hidden_layers, model_config.num_key_value_heads,
+                               head_dim_of(model_config))
+        if wrong:
+            problems.append(Problem("calibration_path", f"{self.calibration_path} does not match the model: "
+                                    f"{wrong}; calibrate this model with python -m workers.calibrate"))
+        return problems
+
+    @classmethod
+    def example(cls, model, workdir) -> Calibrated:
+        """Calibrated on 4 random-token windows of `model` (enough to exercise the method)."""
+        from pathlib import Path
+
+        from streamkv.calibrate import calibrate
+        from streamkv.calibration import save_calibration
+
+        g = torch.Generator().manual_seed(0)
+        windows = torch.randint(0, model.config.vocab_size, (4, 96), generator=g)
+        path = save_calibration(calibrate(model, windows), Path(workdir) / "example-calibration.pt")
+        return cls(calibration_path=str(path))
+
+    def environment(self) -> dict:
+        return {"calibration": calibration_info(self.calibration_path)}
+
+    def make_layer(self, ctx: LayerContext) -> CalibratedLayer:
+        return CalibratedLayer(self, ctx)

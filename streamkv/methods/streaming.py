@@ -1,7 +1,8 @@
 """streamkv's method: real-time, calibration-free quantization during chunked prefill.
 
-Per layer:
-- keys pre-RoPE, per channel, scales from running per-channel statistics (EMA of absmax);
+`CompressionConfig` (method "streamkv") holds its settings; `StreamingLayer` is its cache
+layer. Per layer:
+- keys pre-RoPE, per channel, scales from running per-channel statistics (EMA of min/max);
 - values per token in channel groups of each head (or per channel);
 - the first `attention_sink_size` tokens at the sink bits (their own scales);
 - outlier channels (statistic > relative x head median, or > absolute) at the outlier bits,
@@ -11,30 +12,100 @@ Out-of-range chunks: with range_mode="expand" a prefill chunk's key scale is
 max(statistic, chunk absmax), so nothing is clipped; "clip" saturates at the statistic.
 Decode tokens join an open block whose key scale was fixed when it opened (clipping is the
 only choice a one-token step has without re-quantizing), until it holds `chunk_size` tokens.
+
+`PackedLayoutSettings` are the settings of that layout without the running statistics; the
+KVQuant-style `calibrated` method (streamkv/methods/calibrated.py) shares them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
-from streamkv.methods.base import Block, PackedLayer
-from streamkv.stats import ChannelStats, outlier_mask
+from streamkv.channel_stats import ChannelStats, outlier_mask
+from streamkv.families import head_dim_of
+from streamkv.layers import Block, LayerContext, PackedLayer
+from streamkv.methods.base import Method
+from streamkv.methods.registry import register_method, register_preset
+from streamkv.settings import Problem, boolean, integer, number, one_of, optional, setting
 from streamkv.storage import INDEX_DTYPE, PackedPart, PackedTensor, ScaleLayout, encode, raw_dtype
+
+ALLOWED_BITS: tuple[int, ...] = (2, 3, 4, 8, 16)
+_BITS = one_of(*ALLOWED_BITS)
+
+
+@dataclass(frozen=True)
+class PackedLayoutSettings(Method):
+    """Sink tokens and outlier channels at high bits, the rest at normal bits (not registered:
+    the base of `CompressionConfig` and `Calibrated`)."""
+
+    attention_sink_size: int = setting(4, integer(0), "first cache slots kept at the sink/outlier bits")
+    key_bits_normal: int = setting(4, _BITS, "bits of normal key tokens/channels")
+    value_bits_normal: int = setting(4, _BITS, "bits of normal value tokens/channels")
+    key_bits_sink_outlier: int = setting(8, _BITS, "bits of sink tokens and outlier key channels (>= normal)")
+    value_bits_sink_outlier: int = setting(8, _BITS, "bits of sink tokens and outlier value channels (>= normal)")
+    outlier_threshold_relative: float = setting(
+        3.0, number(above=1.0), "outlier: statistic > this x the median of its head's channels")
+    outlier_threshold_abs: float | None = setting(
+        None, optional(number(above=0.0), "off"), "outlier also when the statistic exceeds this")
+    value_quant_groups: int = setting(
+        1, integer(0), "values per token in this many channel groups per head (a divisor of head_dim); "
+                       "0 = per channel")
+    pre_rope_keys: bool = setting(True, boolean(), "store keys before RoPE (rotated at their positions on read)")
+    sink_protection: bool = setting(True, boolean(), "keep the sink tokens at the high bits (ablation switch)")
+    outlier_detection: bool = setting(True, boolean(), "keep outlier channels at the high bits (ablation switch)")
+
+    @classmethod
+    def cross_problems(cls, valid: Mapping[str, Any]) -> list[Problem]:
+        problems = []
+        for kind in ("key", "value"):
+            normal, high = f"{kind}_bits_normal", f"{kind}_bits_sink_outlier"
+            if normal in valid and high in valid and valid[high] < valid[normal]:
+                problems.append(Problem(high, f"{valid[high]} must be >= {normal}={valid[normal]} "
+                                              "(protected tokens/channels never get fewer bits)", (normal,)))
+        return problems
+
+    def model_problems(self, model_config) -> list[Problem]:
+        head_dim, groups = head_dim_of(model_config), self.value_quant_groups
+        if groups and head_dim % groups:
+            return [Problem("value_quant_groups", f"{groups} must divide the model's head_dim={head_dim} "
+                                                  f"(allowed: 0 or a divisor of {head_dim})")]
+        return []
+
+
+@register_method
+@dataclass(frozen=True)
+class CompressionConfig(PackedLayoutSettings):
+    """streamkv's own method: running per-channel statistics, no calibration."""
+
+    name = "streamkv"
+
+    # Running statistic: stat <- decay * stat + (1 - decay) * min/max(chunk), per channel.
+    ema_decay: float = setting(0.9, number(above=0.0, below=1.0), "EMA decay of the per-channel min/max")
+    statistics: str = setting("ema", one_of("ema", "chunk"), "running EMA, or the current chunk's range")
+    range_mode: str = setting("expand", one_of("expand", "clip"),
+                              "a prefill chunk beyond the statistic widens its own scale (expand) or "
+                              "saturates (clip)")
+
+    def make_layer(self, ctx: LayerContext) -> StreamingLayer:
+        return StreamingLayer(self, ctx)
 
 
 class StreamingLayer(PackedLayer):
-    def __init__(self, config, n_kv_heads: int, head_dim: int):
-        super().__init__(config, n_kv_heads, head_dim)
-        self.pre_rope = config.pre_rope_keys
-        self.key_stats = ChannelStats(config.ema_decay, config.statistics)
-        self.value_stats = ChannelStats(config.ema_decay, config.statistics)
+    def __init__(self, settings: PackedLayoutSettings, ctx: LayerContext):
+        super().__init__(settings, ctx)
+        self.pre_rope = settings.pre_rope_keys
+        self.key_stats, self.value_stats = self._new_stats()
         self.open_block: Block | None = None
         self._pending = None  # what prepare() observed of the chunk write() is about to store
 
     # --- write path --------------------------------------------------------------------------
     def _n_sink(self, n_new: int) -> int:
         """How many of the next n_new tokens are sink tokens."""
-        cfg = self.config
+        cfg = self.settings
         if not cfg.sink_protection:
             return 0
         return max(0, min(cfg.attention_sink_size - self.length, n_new))
@@ -42,7 +113,7 @@ class StreamingLayer(PackedLayer):
     def _joins_open_block(self, n_new: int) -> bool:
         """A decode token joins the open block (fixed grid) until it holds chunk_size tokens."""
         return (n_new == 1 and self.length > 0 and self.open_block is not None
-                and self.open_block.length < self.config.chunk_size)
+                and self.open_block.length < self.settings.chunk_size)
 
     def prepare(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Folds a new chunk into the statistics and starts copying its outlier masks to the
@@ -85,7 +156,7 @@ class StreamingLayer(PackedLayer):
         self.open_block = block if decode else None
 
     def _sink_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
-        cfg = self.config
+        cfg = self.settings
         k = encode(keys, cfg.key_bits_sink_outlier, ScaleLayout(), raw_dtype=raw_dtype(self.dtype),
                    fused=self.fused)
         v = encode(values, cfg.value_bits_sink_outlier, self._per_head_tokens(keys.device),
@@ -95,7 +166,7 @@ class StreamingLayer(PackedLayer):
 
     def _chunk_block(self, keys: torch.Tensor, values: torch.Tensor, observed) -> Block:
         """observed: what `_observe` returned for these tokens (statistics already updated)."""
-        cfg = self.config
+        cfg = self.settings
         k_stats, v_stats = self.key_stats, self.value_stats
         # Part shapes depend on the outlier masks, so they are needed on the host.
         masks, arrived = observed
@@ -148,20 +219,20 @@ class StreamingLayer(PackedLayer):
     def _range(self, stats: ChannelStats, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (lo, hi) the chunk's grid spans: the running statistic, widened to the
         chunk's own range with range_mode="expand"."""
-        if self.config.range_mode == "clip":
+        if self.settings.range_mode == "clip":
             return stats.low, stats.high
         x = x.detach().float()
         return torch.minimum(stats.low, x.amin(dim=(0, 1))), torch.maximum(stats.high, x.amax(dim=(0, 1)))
 
     def _outliers(self, stat: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
+        cfg = self.settings
         if not cfg.outlier_detection:
             return torch.zeros_like(stat, dtype=torch.bool)
         return outlier_mask(stat, self.n_heads, cfg.outlier_threshold_relative, cfg.outlier_threshold_abs)
 
     def _grouped_tokens(self, idx: torch.Tensor) -> ScaleLayout:
         """Per token, one scale per channel group of a head, over the channels in `idx`."""
-        groups = self.config.value_quant_groups
+        groups = self.settings.value_quant_groups
         return self.shared(("groups", id(idx)), lambda: ScaleLayout(
             token_group=1, segment_of=idx // (self.head_dim // groups),  # head * groups + g
             n_segments=self.n_heads * groups, log_scale=True))
@@ -183,10 +254,14 @@ class StreamingLayer(PackedLayer):
         return self.shared(("index", mask.numpy().tobytes()),
                            lambda: mask.nonzero().squeeze(-1).to(device=device, dtype=INDEX_DTYPE))
 
+    def _new_stats(self):
+        """(key, value) running statistics of a fresh sequence."""
+        s = self.settings
+        return ChannelStats(s.ema_decay, s.statistics), ChannelStats(s.ema_decay, s.statistics)
+
     def reset(self) -> None:
         super().reset()
-        self.key_stats = ChannelStats(self.config.ema_decay, self.config.statistics)
-        self.value_stats = ChannelStats(self.config.ema_decay, self.config.statistics)
+        self.key_stats, self.value_stats = self._new_stats()
         self.open_block, self._pending = None, None
 
     # --- reporting -----------------------------------------------------------------------------
@@ -210,3 +285,9 @@ class StreamingLayer(PackedLayer):
                              "head_median": float(per_head[h].median()),
                              "head_max": float(per_head[h].max())})
         return rows
+
+
+register_preset("streamkv-4", CompressionConfig)
+# Below 4 bits, finer value groups pay for their scales (measured: README, Benchmarks).
+register_preset("streamkv-3", CompressionConfig, key_bits_normal=3, value_bits_normal=3, value_quant_groups=4)
+register_preset("streamkv-2", CompressionConfig, key_bits_normal=2, value_bits_normal=2, value_quant_groups=4)

@@ -31,7 +31,7 @@ def test_prints_every_row_with_ratios(speed, capsys, one_thread_module):
 
 def test_kernel_check_finds_the_paths_equal(speed, one_thread_module):
     pytest.importorskip("triton")  # interpreted on CPU (tests/conftest.py)
-    from streamkv.models import load_model
+    from streamkv.loading import load_model
 
     model = load_model("tiny-random-llama").model
     ids = torch.randint(0, model.config.vocab_size, (1, 80), generator=torch.Generator().manual_seed(0))

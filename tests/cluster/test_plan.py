@@ -25,7 +25,7 @@ def test_tiny_plan():
 def test_units_grouped_by_model_and_per_dataset_settings():
     spec = parse_spec({
         "models": ["tiny-random-llama", "smollm2-135m"],
-        "baselines": ["none", "streamkv-3"],
+        "presets": ["none", "streamkv-3"],
         "datasets": [{"task": "wikitext2_ppl", "context_length": 1024, "shards": 3},
                      {"task": "kv_retrieval_synth", "context_length": 100, "limit": 1, "max_length": 300}],
         "shards": 2, "limit": 5, "seed": 7,

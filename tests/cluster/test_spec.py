@@ -9,13 +9,14 @@ import pytest
 import yaml
 
 from cluster.spec import SpecError, SweepSpec, apply_overrides, load_spec, parse_spec
-from streamkv.config import baseline
+from streamkv import preset
+from streamkv.methods import Kivi
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _spec(**data):
-    base = {"models": ["tiny-random-llama"], "baselines": ["none"],
+    base = {"models": ["tiny-random-llama"], "presets": ["none"],
             "datasets": [{"task": "wikitext2_ppl", "context_length": 4096}]}
     base.update(data)
     return parse_spec(base, base_dir=REPO)
@@ -30,39 +31,44 @@ def test_shipped_specs_parse(name):
 def test_smoke_spec_contents():
     spec = load_spec(REPO / "sweeps" / "smoke.yaml")
     assert spec.models == ("smollm2-135m",)
-    assert [c.config_id for c in spec.configs] == [baseline(n).config_id
+    assert [c.config_id for c in spec.configs] == [preset(n).config_id
                                                    for n in ("none", "streamkv-4", "streamkv-3", "kivi-4")]
     assert {d.task for d in spec.datasets} == {"passage_retrieval_synth", "kv_retrieval_synth", "wikitext2_ppl"}
 
 
-def test_longbench_spec_has_all_tasks_and_hf_baseline():
+def test_longbench_spec_has_all_tasks_and_an_hf_preset():
     from workers.tasks import LONGBENCH_TASK_NAMES
 
     spec = load_spec(REPO / "sweeps" / "longbench_llama2.yaml")
     assert [d.task for d in spec.datasets] == list(LONGBENCH_TASK_NAMES)
-    assert any(c.config.method == "hf-quanto-4" for c in spec.configs)
+    assert any(c.label == "preset hf-quanto-4" and c.config.name == "hf_quantized" for c in spec.configs)
     assert spec.resources.num_gpus_per_actor == 1 and spec.store.blobs.startswith("s3://")
 
 
-def test_grid_is_a_cartesian_product_with_points_and_baselines_deduplicated():
-    spec = _spec(grid={"base": "streamkv-4", "key_bits_normal": [4, 3], "chunk_size": [128, 256, 512]},
-                 points=[{"baseline": "kivi-4", "residual_length": 64}, {"ema_decay": 0.5}],
-                 baselines=["none", "streamkv-4"])
-    # 6 grid points + 2 points + none; streamkv-4 equals the grid point (4, 512).
-    assert len(spec.configs) == 9
+def test_grid_is_a_cartesian_product_with_points_and_presets_deduplicated():
+    spec = _spec(grid={"preset": "streamkv-4", "key_bits_normal": [4, 3], "chunk_size": [128, 256, 512]},
+                 points=[{"preset": "kivi-4", "residual_length": 64}, {"ema_decay": 0.5},
+                         {"method": "kivi", "key_bits": 2}],
+                 presets=["none", "streamkv-4"])
+    # 6 grid points + 3 points + none; streamkv-4 equals the grid point (4, 512).
+    assert len(spec.configs) == 10
     assert {(c.config.key_bits_normal, c.config.chunk_size) for c in spec.configs[:6]} == \
         {(b, c) for b in (4, 3) for c in (128, 256, 512)}
-    assert spec.configs[6].config.residual_length == 64 and spec.configs[6].config.method == "kivi"
+    assert spec.configs[6].config == preset("kivi-4", residual_length=64)
+    assert spec.configs[8].config == Kivi(key_bits=2)
+    kivi_grid = _spec(grid={"method": "kivi", "key_bits": [2, 4], "residual_length": 0})
+    assert [c.config for c in kivi_grid.configs[:2]] == [Kivi(key_bits=2, residual_length=0),
+                                                         Kivi(key_bits=4, residual_length=0)]
 
 
 def test_invalid_spec_lists_every_problem_with_its_path():
     data = {
         "modle": "x",
         "models": ["tiny-random-llama"],
-        "grid": {"key_bits_normal": [4, 3, 5], "ema_decay": [0.9, 1.5], "chunk_sz": [1],
-                 "method": ["kivi"]},
-        "points": [{"baseline": "nope"}, {"value_bits_normal": 7}],
-        "baselines": ["none", "int3"],
+        "grid": {"key_bits_normal": [4, 3, 5], "ema_decay": [0.9, 1.5], "chunk_sz": [1]},
+        "points": [{"preset": "nope"}, {"value_bits_normal": 7}, {"method": "kivi", "key_bits": 3},
+                   {"preset": "streamkv-3", "key_bits_sink_outlier": 2}],
+        "presets": ["none", "int3"],
         "datasets": [{"task": "wikitext2_ppl", "context_length": 1},
                      {"task": "foo"},
                      {"task": "narrativeqa"},
@@ -77,13 +83,14 @@ def test_invalid_spec_lists_every_problem_with_its_path():
     text = str(info.value)
     expected = [
         "modle: unknown key",
-        "grid.key_bits_normal[2]: 5 is out of range (allowed: one of 2, 3, 4, 8, 16)",
-        "grid.key_bits_normal[1]: 3 is out of range for method='kivi'",
-        "grid.ema_decay[1]: 1.5 is out of range",
-        "grid.chunk_sz: unknown CompressionConfig field",
-        "points[0].baseline: unknown baseline 'nope'",
+        "grid.key_bits_normal[2]: 5 is out of range (allowed: 2 | 3 | 4 | 8 | 16)",
+        "grid.ema_decay[1]: 1.5 is out of range (allowed: 0 < x < 1)",
+        "grid.chunk_sz[0]: unknown setting of method 'streamkv'; allowed: chunk_size, ",
+        "points[0].preset: unknown preset 'nope'",
         "points[1].value_bits_normal: 7 is out of range",
-        "baselines[1]: unknown baseline 'int3'",
+        "points[2].key_bits: 3 is out of range (allowed: 2 | 4)",
+        "points[3].key_bits_sink_outlier: 2 must be >= key_bits_normal=3",
+        "presets[1]: unknown preset 'int3'",
         "datasets[0].context_length: 1 is out of range",
         "datasets[1].task: unknown task 'foo'; allowed: ",
         "datasets[2].source: required for LongBench task 'narrativeqa'",
@@ -98,6 +105,8 @@ def test_invalid_spec_lists_every_problem_with_its_path():
     missing = [e for e in expected if e not in text]
     assert not missing, f"missing {missing} in:\n{text}"
     assert len(info.value.problems) == len(set(info.value.problems))
+    with pytest.raises(SpecError, match="grid.method: \\['kivi'\\] must be one method name"):
+        _spec(grid={"method": ["kivi"], "key_bits": [2]})
 
 
 def test_combination_problem_names_the_grid_axis():
@@ -155,9 +164,9 @@ def test_spec_is_frozen_and_round_trips_to_json():
 def test_perplexity_windows_inside_one_chunk_are_rejected():
     """Under the streaming protocol such a window never sees a quantized token."""
     with pytest.raises(SpecError) as err:
-        _spec(baselines=["none", "streamkv-4"], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
+        _spec(presets=["none", "streamkv-4"], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
     assert "datasets[0].context_length: 512 <= chunk_size=512" in str(err.value)
     # The uncompressed baseline, the strict protocol and longer windows are fine.
-    _spec(baselines=["none"], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
+    _spec(presets=["none"], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
     _spec(points=[{"quantize_current_chunk": True}], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
-    _spec(baselines=["streamkv-4"], datasets=[{"task": "wikitext2_ppl", "context_length": 1024}])
+    _spec(presets=["streamkv-4"], datasets=[{"task": "wikitext2_ppl", "context_length": 1024}])

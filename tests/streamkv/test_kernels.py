@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("triton")  # interpreted on CPU: tests/conftest.py sets TRITON_INTERPRET=1
 
-from streamkv import CompressedCache, CompressedLlamaForCausalLM, CompressionConfig, baseline, quant  # noqa: E402
+from streamkv import CompressedCache, CompressedLlamaForCausalLM, CompressionConfig, preset, quant  # noqa: E402
 from streamkv import kernels  # noqa: E402
 from streamkv.storage import INDEX_DTYPE, PackedTensor, ScaleLayout, encode  # noqa: E402
 
@@ -102,7 +102,7 @@ def test_rope_in_place_matches_reference():
 @torch.no_grad()
 def test_model_logits_same_with_kernels(tiny_reference, name, overrides):
     """The whole chunked prefill (sinks, outlier parts, pre-RoPE keys) through the kernels."""
-    config = baseline(name, chunk_size=16, **overrides)
+    config = preset(name, chunk_size=16, **overrides)
     model = CompressedLlamaForCausalLM(tiny_reference.config, config).eval()
     model.load_state_dict(tiny_reference.state_dict())
     ids = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(1))

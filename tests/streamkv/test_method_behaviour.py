@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from streamkv import CompressedCache, CompressedLlamaForCausalLM, CompressionConfig, baseline
-from streamkv.methods.base import Step, from_flat
+from streamkv import CompressedCache, CompressedLlamaForCausalLM, CompressionConfig, preset
+from streamkv.layers import Step, from_flat
 
 
 def compressed(tiny_reference, config):
@@ -28,8 +28,7 @@ def test_pre_rope_keys_rotate_back_to_model_keys(tiny_reference):
     ids = prompt()
     reference = tiny_reference(ids, use_cache=True).past_key_values
     model = compressed(tiny_reference, CompressionConfig(chunk_size=32, **EIGHT_BITS))
-    model(ids)
-    cache = model.last_cache
+    cache = model(ids).past_key_values
     for i, layer in enumerate(cache.layers):
         # dequantized pre-RoPE keys, rotated at their positions
         keys, values = (from_flat(t, layer.n_heads) for t in layer.read(cache.step))
@@ -66,7 +65,7 @@ def test_result_depends_on_chunk_boundaries_only_through_quantization(tiny_refer
     for a, b in ((16, 37), (16, 64), (37, 64)):
         assert (outs[a] - outs[b]).abs().max().item() <= 2 * quant_err
     # Without quantization the chunking changes nothing beyond fp16 storage rounding.
-    lossless = [compressed(tiny_reference, baseline("none", chunk_size=c))(ids).logits for c in (16, 37)]
+    lossless = [compressed(tiny_reference, preset("none", chunk_size=c))(ids).logits for c in (16, 37)]
     assert (lossless[0] - lossless[1]).abs().max().item() < 1e-3
 
 
@@ -122,9 +121,8 @@ def _planted_kv(model, n=512):
 
 @torch.no_grad()
 def _reconstruction_error(model, config, k, v):
-    cache = CompressedCache(config, model.config)
+    cache = CompressedCache(config.replace(pre_rope_keys=False), model.config)  # planted tensors as they are
     layer = cache.layers[0]
-    layer.pre_rope = False  # feed the planted tensors as they are
     for start in range(0, k.shape[2], config.chunk_size):
         sl = slice(start, start + config.chunk_size)
         layer.update(k[:, :, sl], v[:, :, sl], Step())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from streamkv import CompressedLlamaForCausalLM, baseline
+from streamkv import CompressedLlamaForCausalLM, preset
 from workers.fidelity import (
     Fidelity,
     continuation_fidelity,
@@ -14,7 +14,6 @@ from workers.fidelity import (
     prefill_fidelity,
     reference_config,
     top1_agreement,
-    using_config,
 )
 
 
@@ -66,28 +65,26 @@ def test_fidelity_accumulates_token_weighted():
 
 @pytest.fixture(scope="module")
 def model(tiny_reference):
-    m = CompressedLlamaForCausalLM(tiny_reference.config, baseline("none")).eval()
+    m = CompressedLlamaForCausalLM(tiny_reference.config, preset("none")).eval()
     m.load_state_dict(tiny_reference.state_dict())
     return m
 
 
 def test_none_is_its_own_reference_and_streamkv_is_not():
-    assert is_reference(baseline("none", chunk_size=64))
-    assert reference_config(64) == baseline("none", chunk_size=64)
-    assert not is_reference(baseline("none", chunk_size=64, quantize_current_chunk=True))
-    assert not is_reference(baseline("streamkv-4", chunk_size=64))
+    assert is_reference(preset("none", chunk_size=64))
+    assert reference_config(64) == preset("none", chunk_size=64)
+    assert not is_reference(preset("none", chunk_size=64, quantize_current_chunk=True))
+    assert not is_reference(preset("streamkv-4", chunk_size=64))
 
 
 @torch.no_grad()
 def test_prefill_fidelity_on_the_tiny_model(model):
     window = torch.randint(0, 256, (96,), generator=torch.Generator().manual_seed(2))
-    with using_config(model, baseline("streamkv-2", chunk_size=32)):
-        logits = model(window.view(1, -1)).logits[0]
+    logits = model(window.view(1, -1), compression_config=preset("streamkv-2", chunk_size=32)).logits[0]
     fid = prefill_fidelity(model, window, logits, 32)
     assert fid.tokens == 96 and 0 < fid.mean_kl < 0.5 and 0.5 < fid.top1 <= 1.0
-    assert model.compression_config == baseline("none")  # restored after the reference run
-    with using_config(model, baseline("none", chunk_size=32)):
-        same = model(window.view(1, -1)).logits[0]
+    assert model.compression_config == preset("none")  # the reference run is an argument, not a change
+    same = model(window.view(1, -1), compression_config=preset("none", chunk_size=32)).logits[0]
     # the lossless config rerun for real: identical computation, exactly 0
     real = prefill_fidelity(model, window, same, 32)
     assert real.mean_kl == 0.0 and real.top1 == 1.0
@@ -99,19 +96,18 @@ def test_continuation_fidelity_teacher_forces_the_reference(model):
     prompt = torch.randint(0, 256, (40,), generator=torch.Generator().manual_seed(3)).tolist()
 
     def greedy(config):
-        with using_config(model, config):
-            # explicit mask: generate would otherwise mask the prompt's 0 tokens as padding
-            out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 40, dtype=torch.long),
-                                 max_new_tokens=6, do_sample=False, output_logits=True,
-                                 return_dict_in_generate=True, pad_token_id=0)
+        # explicit mask: generate would otherwise mask the prompt's 0 tokens as padding
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 40, dtype=torch.long),
+                             max_new_tokens=6, do_sample=False, output_logits=True, compression_config=config,
+                             return_dict_in_generate=True, pad_token_id=0)
         return out.sequences[0, 40:].tolist(), torch.cat(out.logits)
 
     # chunk_size=1: teacher forcing repeats the decode steps (float rounding aside)
-    new, steps = greedy(baseline("none", chunk_size=1))
+    new, steps = greedy(preset("none", chunk_size=1))
     fid = continuation_fidelity(model, prompt, new, steps, 1)
     assert fid.tokens == 6 and fid.mean_kl < 1e-9 and fid.top1 == 1.0
     # a compressed continuation: positions line up (teacher-forced logits predict the same tokens)
-    new, steps = greedy(baseline("streamkv-2", chunk_size=16))
+    new, steps = greedy(preset("streamkv-2", chunk_size=16))
     fid = continuation_fidelity(model, prompt, new, steps, 16)
     assert fid.tokens == 6 and 0 < fid.mean_kl < 0.1
     with pytest.raises(ValueError, match="logit rows"):

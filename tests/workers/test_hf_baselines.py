@@ -1,15 +1,17 @@
-"""transformers' QuantizedCache backends as baselines: availability, accuracy, runner, bytes."""
+"""transformers' QuantizedCache backends as a registered method (HFQuantized): availability,
+accuracy, runner, bytes."""
 
 import pytest
 import torch
 
-from streamkv import CompressedLlamaForCausalLM, CompressionConfig, baseline
+from streamkv import CompressedLlamaForCausalLM, method_from_dict, preset
+from streamkv.methods import MethodUnavailable
 from workers.hf_baselines import (
-    HF_BASELINES,
+    HF_PRESETS,
     HFBaselineUnavailable,
+    HFQuantized,
     available_hf_baselines,
     cache_stats,
-    hf_baseline,
     make_cache,
 )
 
@@ -25,7 +27,7 @@ def _one_thread(one_thread_module):
 
 def test_availability_is_reported_with_reasons():
     status = available_hf_baselines()
-    assert set(status) == set(HF_BASELINES)
+    assert set(status) == set(HF_PRESETS)
     assert status["hf-quanto-4"].available and status["hf-quanto-2"].available
     fp8 = status["hf-fp8"]
     assert not fp8.available and "no 'fp8' backend" in fp8.reason and "transformers" in fp8.reason
@@ -33,21 +35,22 @@ def test_availability_is_reported_with_reasons():
     assert hqq.available or "hqq" in hqq.reason.lower()
 
 
-def test_hf_baselines_have_their_own_config_ids():
-    ids = {hf_baseline(n).config_id for n in HF_BASELINES}
-    assert len(ids) == len(HF_BASELINES)
-    ours = {baseline(n).config_id for n in ("none", "int8", "int4_token", "kivi-4", "kivi-2", "streamkv-4")}
+def test_hf_presets_are_a_method_of_the_registry():
+    ids = {preset(n).config_id for n in HF_PRESETS}
+    assert len(ids) == len(HF_PRESETS)
+    ours = {preset(n).config_id for n in ("none", "int8", "int4_token", "kivi-4", "kivi-2", "streamkv-4")}
     assert not ids & ours
-    stand_in = hf_baseline("hf-quanto-2").storage_config()
-    assert isinstance(stand_in, CompressionConfig) and stand_in.key_bits_normal == 2
-    assert stand_in.method != "none"  # never counted as the uncompressed baseline by the store's views
-    with pytest.raises(ValueError, match="unknown HFBaseline field"):
-        hf_baseline("hf-quanto-4", bits=3)
+    quanto2 = preset("hf-quanto-2")
+    assert isinstance(quanto2, HFQuantized) and quanto2.nbits == 2 and quanto2.chunk_size is None
+    assert method_from_dict(quanto2.to_dict()) == quanto2 and not quanto2.is_lossless
+    assert issubclass(HFBaselineUnavailable, MethodUnavailable)
+    with pytest.raises(ValueError, match="unknown setting of method 'hf_quantized'"):
+        preset("hf-quanto-4", bits=3)
 
 
 @pytest.fixture(scope="module")
 def model(tiny_reference):
-    m = CompressedLlamaForCausalLM(tiny_reference.config, baseline("none", chunk_size=1 << 30)).eval()
+    m = CompressedLlamaForCausalLM(tiny_reference.config, preset("none", chunk_size=1 << 30)).eval()
     m.load_state_dict(tiny_reference.state_dict())
     return m
 
@@ -57,7 +60,7 @@ def test_quanto_decode_logits_close_to_uncompressed(tiny_reference):
     """Plain transformers model + QuantizedCache: prefill (full precision as shipped), then decode
     steps that attend to the int4 history: close to the uncompressed logits, not equal."""
     prompt = torch.randint(0, 256, (1, 100), generator=torch.Generator().manual_seed(5))
-    cache = make_cache(hf_baseline("hf-quanto-4", **TINY), tiny_reference.config)
+    cache = make_cache(preset("hf-quanto-4", **TINY), tiny_reference.config)
     tiny_reference(prompt[:, :60], past_key_values=cache)
     logits = torch.cat([tiny_reference(prompt[:, t:t + 1], past_key_values=cache).logits[0]
                         for t in range(60, 100)])
@@ -66,55 +69,55 @@ def test_quanto_decode_logits_close_to_uncompressed(tiny_reference):
     assert 0 < err < 0.2
     stats = cache_stats(cache, tiny_reference.config)
     assert stats["tokens"] == 100 and stats["fp16_kv_bytes"] == 2 * 2 * 2 * 100 * 32
-    assert stats["kv_bytes"] > 0 and stats["kv_bytes_note"] == ""
+    assert stats["kv_bytes"] > 0 and stats["kv_bytes_note"] == "" and stats.batch_size == 1
 
 
 @torch.no_grad()
 def test_quanto_chunked_prefill_through_our_forward(model, tiny_reference):
     prompt = torch.randint(0, 256, (1, 128), generator=torch.Generator().manual_seed(6))
-    model.compression_config = baseline("none", chunk_size=32)
-    cache = make_cache(hf_baseline("hf-quanto-4", **TINY), model.config)
-    logits = model(prompt, past_key_values=cache).logits
+    quanto4 = preset("hf-quanto-4", chunk_size=32, **TINY)
+    cache = model.new_cache(quanto4)  # the method builds transformers' cache, not ours
+    logits = model(prompt, past_key_values=cache, compression_config=quanto4).logits
     err = (logits - tiny_reference(prompt).logits).abs().max().item()
     assert 0 < err < 0.3
-    two = make_cache(hf_baseline("hf-quanto-2", **TINY), model.config)
-    err2 = (model(prompt, past_key_values=two).logits - tiny_reference(prompt).logits).abs().max().item()
+    quanto2 = preset("hf-quanto-2", chunk_size=32, **TINY)
+    err2 = (model(prompt, compression_config=quanto2).logits - tiny_reference(prompt).logits).abs().max().item()
     assert err2 > err
 
 
 def test_unavailable_backend_raises_the_reason(model):
     with pytest.raises(HFBaselineUnavailable, match="no 'fp8' backend"):
-        make_cache(HF_BASELINES["hf-fp8"], model.config)
+        make_cache(preset("hf-fp8"), model.config)
 
 
 def test_runner_with_hf_baselines(tiny_loaded_hf):
     from workers.runner import run_unit
     from workers.units import WorkUnit
 
-    quanto = hf_baseline("hf-quanto-4", chunk_size=32, **TINY)
+    quanto = preset("hf-quanto-4", chunk_size=32, **TINY)
     u = WorkUnit("tiny-llama", quanto, "wikitext2_ppl", "0/1", limit=2, context_length=96)
     result = run_unit(tiny_loaded_hf, u)
-    assert result.method == "hf-quanto-4" and result.key.config_id == quanto.config_id
-    assert CompressionConfig.from_dict(result.config).config_id == result.key.config_id
+    assert result.method == "hf_quantized" and result.key.config_id == quanto.config_id
+    assert method_from_dict(result.config).config_id == result.key.config_id
     assert result.n_samples == 2 and result.metrics["perplexity"] > 1
     assert 0 < result.metrics["kl"] < 0.1 and result.kv_bytes > 0
     assert result.fp16_kv_bytes == 2 * 2 * 2 * 96 * 32 and result.outlier_ratio is None
-    assert result.environment["hf_baseline"]["backend"] == "quanto"
+    assert result.config["backend"] == "quanto"
     assert result.traces["outlier_channels"].num_rows == 0
     # generation, prefill in one forward (as shipped)
-    g = WorkUnit("tiny-llama", hf_baseline("hf-quanto-2", **TINY), "passage_count_synth", "0/1", limit=1,
+    g = WorkUnit("tiny-llama", preset("hf-quanto-2", **TINY), "passage_count_synth", "0/1", limit=1,
                  context_length=60)
     gen = run_unit(tiny_loaded_hf, g)
     assert gen.n_samples == 1 and 0 <= gen.samples[0].score <= 1 and gen.kv_bytes > 0
     assert gen.metrics["n_tokens"] == gen.samples[0].extra["new_tokens"]
     with pytest.raises(HFBaselineUnavailable, match="fp8"):
-        run_unit(tiny_loaded_hf, u.replace(config=HF_BASELINES["hf-fp8"]))
-    assert tiny_loaded_hf.model.compression_config == baseline("none")
+        run_unit(tiny_loaded_hf, u.replace(config=preset("hf-fp8")))
+    assert tiny_loaded_hf.model.compression_config == preset("none")
 
 
 @pytest.fixture(scope="module")
 def tiny_loaded_hf():
-    from streamkv.models import LoadedModel
+    from streamkv.loading import LoadedModel
     from tests.conftest import tiny_llama_config
 
     try:
@@ -123,5 +126,5 @@ def tiny_loaded_hf():
         from tests.workers.test_runner import smollm2_tokenizer
     tokenizer = smollm2_tokenizer()
     torch.manual_seed(0)
-    m = CompressedLlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer)), baseline("none")).eval()
+    m = CompressedLlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer)), preset("none")).eval()
     return LoadedModel(m, tokenizer, "tiny", "", 0.0)

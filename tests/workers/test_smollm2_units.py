@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from streamkv import baseline
+from streamkv import preset
 from workers.runner import run_unit
 from workers.units import WorkUnit
 
@@ -22,7 +22,7 @@ def ppl_results(smollm2):
     # history (with one 512-token chunk nothing would ever be read back from the cache).
     out = {}
     for name in ("none", "streamkv-4"):
-        unit = WorkUnit("smollm2-135m", baseline(name, chunk_size=128), "wikitext2_ppl", "0/1", limit=2,
+        unit = WorkUnit("smollm2-135m", preset(name, chunk_size=128), "wikitext2_ppl", "0/1", limit=2,
                         context_length=512)
         out[name] = run_unit(smollm2, unit)
     return out
@@ -47,7 +47,7 @@ def test_perplexity_none_vs_streamkv4(ppl_results):
 
 
 def test_synthetic_retrieval_unit(smollm2):
-    unit = WorkUnit("smollm2-135m", baseline("streamkv-4", chunk_size=128), "passage_retrieval_synth", "0/1",
+    unit = WorkUnit("smollm2-135m", preset("streamkv-4", chunk_size=128), "passage_retrieval_synth", "0/1",
                     limit=2, context_length=380, max_length=1000)
     result = run_unit(smollm2, unit)
     assert result.n_samples == 2

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from streamkv.config import CompressionConfig
 from streamkv.hashing import file_sha256
-from streamkv.modeling import CompressedLlamaForCausalLM
+from streamkv.methods import Method
+from streamkv.modeling import AutoCompressedModelForCausalLM, CompressedCausalLMMixin
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ RANDOM_MODELS: dict[str, dict] = {
 
 @dataclass
 class LoadedModel:
-    model: CompressedLlamaForCausalLM
+    model: CompressedCausalLMMixin  # the compressed class of the model's family
     tokenizer: PreTrainedTokenizerBase
     model_id: str
     weights_sha256: str  # of the weights file(s) the model was built from
@@ -87,7 +87,7 @@ def _weights_sha256(folder: Path) -> str:
     return h.hexdigest() if files else ""
 
 
-def load_model(name_or_path: str, compression_config: CompressionConfig | None = None, *,
+def load_model(name_or_path: str, compression_config: Method | None = None, *,
                dtype: torch.dtype = torch.float32, device: str | None = None,
                use_cache_dir: bool = True, **from_pretrained_kwargs) -> LoadedModel:
     """An offline model name (see OFFLINE_MODELS), a hub id or a local folder.
@@ -96,7 +96,7 @@ def load_model(name_or_path: str, compression_config: CompressionConfig | None =
     safetensors under `cache_root()`, so later loads take seconds.
     """
     start = time.perf_counter()
-    cfg = compression_config or CompressionConfig()
+    cfg = compression_config
     kwargs = dict(dtype=dtype, **from_pretrained_kwargs)
     if device is not None:
         kwargs["device_map"] = device
@@ -110,21 +110,21 @@ def load_model(name_or_path: str, compression_config: CompressionConfig | None =
         meta_file = cached / "streamkv_source.json"
         if use_cache_dir and meta_file.exists():
             sha = json.loads(meta_file.read_text())["gguf_sha256"]
-            model = CompressedLlamaForCausalLM.from_pretrained(cached, compression_config=cfg, **kwargs)
+            model = AutoCompressedModelForCausalLM.from_pretrained(cached, compression_config=cfg, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(cached)
         else:
             # A warning so that users see why the first load takes ~20 s (later loads: seconds).
             log.warning("streamkv: first load of %s: dequantizing the GGUF weights and caching "
                         "them under %s", gguf.name, cached)
             sha = file_sha256(gguf)
-            model = CompressedLlamaForCausalLM.from_pretrained(
+            model = AutoCompressedModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, compression_config=cfg, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             if use_cache_dir:
                 _save_cache(model, tokenizer, cached, meta_file, sha)
         model_id = spec.model_id
     else:
-        model = CompressedLlamaForCausalLM.from_pretrained(name_or_path, compression_config=cfg, **kwargs)
+        model = AutoCompressedModelForCausalLM.from_pretrained(name_or_path, compression_config=cfg, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         local = Path(name_or_path)
         sha = _weights_sha256(local) if local.is_dir() else ""
@@ -133,13 +133,13 @@ def load_model(name_or_path: str, compression_config: CompressionConfig | None =
     return LoadedModel(model, tokenizer, model_id, sha, time.perf_counter() - start)
 
 
-def _random_model(name: str, cfg: CompressionConfig, dtype: torch.dtype, device: str | None):
+def _random_model(name: str, cfg: Method | None, dtype: torch.dtype, device: str | None):
     from transformers import LlamaConfig
 
     config = LlamaConfig(**RANDOM_MODELS[name])
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)  # the same weights in every process
-    model = CompressedLlamaForCausalLM(config, cfg).to(dtype=dtype, device=device or "cpu")
+    model = AutoCompressedModelForCausalLM.from_config(config, cfg).to(dtype=dtype, device=device or "cpu")
     torch.random.set_rng_state(generator_state)
     tokenizer = load_model_tokenizer("smollm2-135m")
     sha = hashlib.sha256(json.dumps({"name": name, "seed": 0, **RANDOM_MODELS[name]},
