@@ -52,3 +52,23 @@ class SweepProgress:
     def close(self) -> None:
         self.bar.refresh()
         self.bar.close()
+
+
+def first_line(text: str) -> str:
+    """The first line of an error text (its exception type and message), at most 300 chars."""
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def unit_line(status: str, what: str, *, seconds: float = 0.0, attempt: int = 1, error: str = "") -> str:
+    """The line printed for one finished attempt; status: done | skipped | retry | failed."""
+    if status == "done":
+        return f"done    {what} {seconds:.1f}s"
+    if status == "skipped":
+        return f"skipped {what}: {first_line(error)}"
+    if status == "retry":
+        return f"retry   {what} (attempt {attempt} failed: {first_line(error)})"
+    return f"FAILED  {what} after {attempt} attempt(s): {first_line(error)}"
+
+
+__all__ = ["SweepProgress", "first_line", "unit_line"]
