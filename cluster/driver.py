@@ -65,7 +65,7 @@ from workers.actor import UnitWorker
 from workers.units import WorkUnit
 
 from .plan import by_model, plan
-from .progress import SweepProgress, first_line, unit_line
+from .progress import SweepProgress, first_line, results_table, unit_line
 from .spec import SweepSpec
 
 if TYPE_CHECKING:
@@ -492,6 +492,20 @@ def summarize(sweep: OpenSweep, tally: Tally, *, interrupted: bool, seconds: flo
         failures=tuple(tally.failures))
 
 
+# --- after the run ---------------------------------------------------------------------------------
+def sweep_results(spec: SweepSpec, sweep_id: str | None = None) -> str:
+    """The results table of the sweep (`progress.results_table`), read from its store."""
+    from store.queries import result_frame
+
+    engine = open_store(spec.store.resolved_url)
+    try:
+        units = result_frame(engine, sweep_id=sweep_id or spec.resolved_sweep_id)
+    finally:
+        engine.dispose()
+    labels = {c.config_id: c.label for c in spec.configs}
+    return results_table(units, labels, tasks=[d.task for d in spec.datasets])
+
+
 def _safe(url: str) -> str:
     from store.db import safe_url
 
@@ -520,4 +534,4 @@ def report(summary: SweepSummary, file=sys.stdout) -> None:
 
 
 __all__ = ["ClusterConnectionError", "SweepSummary", "SweepWorker", "UnitEvent", "connect_ray",
-           "open_sweep", "report", "run_sweep"]
+           "open_sweep", "report", "run_sweep", "sweep_results"]

@@ -8,8 +8,12 @@ Without --address (and without $RAY_ADDRESS, which `ray job submit` sets) Ray st
 this process. With the default local store (SQLite, a blob folder) the run happens in a private
 network namespace where `lo` is the only interface, so every Ray listener is on loopback
 (`cluster/isolation.py`; `--no-isolate` to opt out; where namespaces are not permitted it runs
-without and says so). The spec is validated completely before anything runs. Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec
-or unreachable store/cluster, 130 interrupted.
+without and says so). The spec is validated completely before anything runs. At the end it
+prints a table of the results (one row per config: each task's score or perplexity, KL,
+compression ratio) and where they are stored.
+
+Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec or unreachable
+store/cluster, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def to_argv(args: argparse.Namespace) -> list[str]:
 def run_from_args(args: argparse.Namespace) -> int:
     from store import StoreError
 
-    from .driver import ClusterConnectionError, report, run_sweep
+    from .driver import ClusterConnectionError, report, run_sweep, sweep_results
     from .plan import plan
     from .spec import SpecError, apply_overrides, load_spec
 
@@ -84,6 +88,7 @@ def run_from_args(args: argparse.Namespace) -> int:
               flush=True)
     try:
         summary = run_sweep(spec, address=args.address, progress=not args.no_progress)
+        table = sweep_results(spec, summary.sweep_id)
     except StoreError as err:
         print(f"streamkv sweep: the results store is not usable: {err}\n"
               "Check --db / store.url (for PostgreSQL: is the server up and reachable from here, "
@@ -95,6 +100,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nstreamkv sweep: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    print(f"\nresults of {summary.sweep_id} (from the store, over all its stored units):\n{table}")
     report(summary)
     return 1 if summary.failed else 0
 

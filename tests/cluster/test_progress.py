@@ -1,12 +1,74 @@
-"""What a sweep prints and records for one finished attempt, without Ray."""
+"""What a sweep prints and records for one finished attempt, without Ray: the results table,
+the unit lines, the recording of one finished attempt."""
 
 from __future__ import annotations
 
 import io
+import math
 
+import pandas as pd
 import pytest
 
-from cluster.progress import SweepProgress, first_line, unit_line
+from cluster.progress import SweepProgress, first_line, results_table, unit_line
+
+
+def _unit(config_id, task, shard, n, score=math.nan, ppl=math.nan, kl=math.nan, ratio=math.nan,
+          model="m", method="streamkv"):
+    return dict(model_id=model, config_id=config_id, method=method, task=task, shard=shard,
+                n_samples=n, score=score, perplexity=ppl, kl=kl, compression_ratio=ratio)
+
+
+def test_table_has_a_row_per_config_and_a_column_per_task(helpers):
+    units = pd.DataFrame([
+        # config b: qa scores 0.2 on 1 sample and 0.8 on 3 -> 0.65 (weighted by n_samples)
+        _unit("b", "qa", "0/2", 1, score=0.2, kl=0.01, ratio=3.0),
+        _unit("b", "qa", "1/2", 3, score=0.8, kl=0.03, ratio=3.2),
+        _unit("b", "wikitext2_ppl", "0/1", 2, ppl=12.5, kl=0.02, ratio=3.1),
+        _unit("a", "qa", "0/2", 2, score=1.0, kl=0.0, ratio=1.0, method="none"),
+        _unit("a", "qa", "1/2", 2, score=0.5, kl=0.0, ratio=1.0, method="none"),
+        _unit("a", "wikitext2_ppl", "0/1", 2, ppl=10.0, kl=0.0, ratio=1.0, method="none"),
+        _unit("c", "qa", "0/2", 2, score=0.1, kl=2e-6, ratio=4.0, method="kivi"),  # not in labels
+    ])
+    table = results_table(units, {"a": "baseline none", "b": "grid key_bits_normal=3"},
+                          tasks=["wikitext2_ppl", "qa"])
+    header = table.splitlines()[0].split()
+    assert header == ["config", "wikitext2_", "qa", "kl", "ratio"]  # the spec's task order
+    rows = helpers.table_rows(table)
+    assert list(rows) == ["baseline none", "grid key_bits_normal=3", "kivi"]  # labels' order, then the rest
+    assert rows["baseline none"] == ["10.000", "0.750", "0.000", "1.00x"]
+    # ppl column: perplexity (no score); kl and ratio: plain means over the config's 3 units
+    assert rows["grid key_bits_normal=3"] == ["12.500", "0.650", "0.020", "3.10x"]
+    assert rows["kivi"] == ["-", "0.100", "2.0e-06", "4.00x"]  # a task it has no result for
+
+
+def test_table_names_the_model_when_a_sweep_has_several(helpers):
+    units = pd.DataFrame([_unit("a", "qa", "0/1", 1, score=0.5, model="llama"),
+                          _unit("a", "qa", "0/1", 1, score=0.25, model="smollm")])
+    rows = helpers.table_rows(results_table(units, {"a": "points[0]"}))
+    assert rows == {"llama: points[0]": ["0.500", "-", "-"], "smollm: points[0]": ["0.250", "-", "-"]}
+
+
+def test_six_long_task_names_and_a_long_label_fit_in_120_columns():
+    tasks = ["passage_retrieval_synth", "multifieldqa_en", "narrativeqa", "kv_retrieval_synth",
+             "repobench-p", "wikitext2_ppl"]
+    label = "grid key_bits_normal=3,value_bits_normal=2,chunk_size=512"
+    units = pd.DataFrame([_unit("g", t, "0/1", 4, score=0.5 if t != "wikitext2_ppl" else math.nan,
+                                ppl=51416.08 if t == "wikitext2_ppl" else math.nan, kl=3.3e-6, ratio=4.5)
+                          for t in tasks])
+    table = results_table(units, {"g": label}, tasks=tasks)
+    assert max(map(len, table.splitlines())) <= 120, table
+    headers = table.split("\n---")[0]
+    for piece in ("passage_", "retrieval_", "synth", "multifield", "repobench-", "wikitext2_", "ppl"):
+        assert piece in headers, headers
+    # The label wraps at its commas; the continuation is indented, so it reads as one row.
+    continuation = [line for line in table.splitlines() if line.startswith("  ") and "chunk_size" in line]
+    assert continuation and "grid key_bits_normal=3," in table
+    assert "51416.1" in table
+
+
+def test_table_of_a_sweep_without_results_says_so():
+    empty = pd.DataFrame(columns=list(_unit("a", "qa", "0/1", 1)))
+    assert "no unit" in results_table(empty, {"a": "points[0]"})
 
 
 def test_unit_lines_give_the_first_line_of_the_error():
