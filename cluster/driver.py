@@ -35,17 +35,22 @@ The parts, in the order of a run: `open_sweep` (the store, the registered sweep,
 to do), `ActorPool` (one model's actors), `ModelScheduler` (submitting units to idle actors,
 collecting the next finished attempt with `ray.wait`), `AttemptRecorder` (what one finished
 attempt means: done / skipped / retry / failed, with its store writes and its line),
-`release_inflight` (interruption), `summarize`.
+`release_inflight` (interruption), `summarize`. `verbose=False` (`streamkv sweep` without
+--verbose) starts the actors with `progress.quiet_env()`, and Ray with its logging at ERROR and
+its C++ start-up notices held back (`ray_notices_hidden`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,7 +70,7 @@ from workers.actor import UnitWorker
 from workers.units import WorkUnit
 
 from .plan import by_model, plan
-from .progress import SweepProgress, first_line, results_table, unit_line
+from .progress import SweepProgress, first_line, quiet_env, results_table, unit_line
 from .spec import SweepSpec
 
 if TYPE_CHECKING:
@@ -143,9 +148,10 @@ def _absolute_store(url: str, blobs: str) -> tuple[str, str]:
 
 
 # --- Ray -------------------------------------------------------------------------------------------
-def connect_ray(address: str | None = None) -> bool:
+def connect_ray(address: str | None = None, *, verbose: bool = True) -> bool:
     """Joins `address` ($RAY_ADDRESS, as under `ray job submit`) or starts Ray in this process
-    with every listener on 127.0.0.1. Returns whether this call started/joined Ray."""
+    with every listener on 127.0.0.1. Returns whether this call started/joined Ray.
+    `verbose=False`: Ray's own warnings (start-up, token authentication) are not printed."""
     import ray
 
     if ray.is_initialized():
@@ -164,15 +170,60 @@ def connect_ray(address: str | None = None) -> bool:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as err:
             raise ClusterConnectionError(f"cannot reach the Ray cluster at {address!r}: {err}. " + hint) from None
-    if address:
-        try:
-            ray.init(address=address, logging_level="WARNING")
-        except Exception as err:  # noqa: BLE001 (ConnectionError, TimeoutError, RuntimeError, ValueError)
-            raise ClusterConnectionError(f"cannot reach the Ray cluster at {address!r}: {err}\n" + hint) from None
-    else:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
-                 configure_logging=True)
+    # Actors' output still reaches the driver (log_to_driver stays on) so that what they print
+    # on a crash is seen; without --verbose they are started quiet instead (`quiet_env`).
+    level = "WARNING" if verbose else "ERROR"
+    with nullcontext() if verbose else ray_notices_hidden():
+        if address:
+            try:
+                ray.init(address=address, logging_level=level)
+            except Exception as err:  # noqa: BLE001 (ConnectionError, TimeoutError, RuntimeError, ValueError)
+                raise ClusterConnectionError(f"cannot reach the Ray cluster at {address!r}: {err}\n" + hint) from None
+        else:
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=level,
+                     configure_logging=True)
     return True
+
+
+# An info (I) or warning (W) line of Ray's C++ core: "[2026-01-02 10:00:00,123 W 411 411] file.cc:330: ..."
+_RAY_NOTICE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:.,]+ [IW] \d+ \d+\] ")
+
+
+def drop_ray_notices(text: str) -> str:
+    """`text` without the lines of Ray's C++ info and warning notices (errors stay)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _RAY_NOTICE.match(line))
+
+
+@contextmanager
+def ray_notices_hidden() -> Iterator[None]:
+    """While `ray.init` starts Ray's core in this process, its C++ code writes notices straight to
+    file descriptor 2 before any log level applies (e.g. `network_util.cc: Failed to determine
+    local IP via external connectivity`, every time in the private network namespace). So fd 2
+    goes to a file for that while, and what was written comes out after: without those notices
+    when the block succeeded, all of it when it raised (the notices may say why, e.g. a wrong
+    auth token)."""
+    # Ray's processes write to their own log files, not to an inherited fd 2, unless
+    # RAY_LOG_TO_STDERR=1 asks for the opposite: then nothing is held back.
+    if os.environ.get("RAY_LOG_TO_STDERR") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    succeeded = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            succeeded = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read().decode(errors="replace")
+            kept = drop_ray_notices(text) if succeeded else text
+            if kept:
+                os.write(2, kept.encode())
 
 
 # --- the store -------------------------------------------------------------------------------------
@@ -264,7 +315,8 @@ class ActorPool:
             ray.kill(actor, no_restart=True)
 
 
-def start_pool(spec: SweepSpec, model: str, n_units: int, store_args: tuple[str | None, str | None]) -> ActorPool:
+def start_pool(spec: SweepSpec, model: str, n_units: int, store_args: tuple[str | None, str | None],
+               *, verbose: bool) -> ActorPool:
     """`resources.num_actors` actors (at most one per unit) holding `model`."""
     import ray
 
@@ -274,6 +326,8 @@ def start_pool(spec: SweepSpec, model: str, n_units: int, store_args: tuple[str 
     options: dict[str, Any] = dict(
         num_gpus=gpus, num_cpus=spec.resources.num_cpus_per_actor,
         max_restarts=spec.resources.max_restarts, max_task_retries=spec.resources.max_task_retries)
+    if not verbose:  # merged with the job's runtime_env (working_dir, ...) by Ray
+        options["runtime_env"] = {"env_vars": quiet_env()}
     remote_cls = ray.remote(SweepWorker).options(**options)
     device = None if spec.device == "auto" else spec.device
     size = max(1, min(spec.resources.num_actors, n_units))
@@ -427,14 +481,15 @@ def run_model_units(scheduler: ModelScheduler, recorder: AttemptRecorder, *, sto
 
 
 def run_models(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder, bar: SweepProgress, *,
-               stop_after: int | None, on_unit_done: Callable[[UnitEvent], None] | None) -> bool:
+               stop_after: int | None, on_unit_done: Callable[[UnitEvent], None] | None,
+               verbose: bool) -> bool:
     """Each model's units on its own pool, one model after the other; True when stopped."""
     if recorder.write_here:
         store_args: tuple[str | None, str | None] = (None, None)
     else:
         store_args = _absolute_store(sweep.url, sweep.blob_root)
     for model, units in by_model(sweep.todo):
-        pool = start_pool(spec, model, len(units), store_args)
+        pool = start_pool(spec, model, len(units), store_args, verbose=verbose)
         scheduler = ModelScheduler(pool, units, sweep.engine, recorder.tally, bar)
         try:
             if run_model_units(scheduler, recorder, stop_after=stop_after, on_unit_done=on_unit_done):
@@ -447,12 +502,13 @@ def run_models(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder, bar
 
 def run_sweep(spec: SweepSpec, address: str | None = None, *, stop_after: int | None = None,
               on_unit_done: Callable[[UnitEvent], None] | None = None, progress: bool = True,
-              shutdown: bool = True) -> SweepSummary:
+              shutdown: bool = True, verbose: bool = True) -> SweepSummary:
     """Runs `spec` to completion (see the module docstring).
 
     `stop_after=k` (test hook) stops once k units finished in this call, as an interrupted
     driver would: in-flight units go back to pending and the sweep stays running.
     `on_unit_done` (test hook) is called after each finished attempt.
+    `verbose=False` hides third-party output in the actors and Ray's warnings (the CLI's default).
     """
     t0 = time.perf_counter()
     sweep = open_sweep(spec)
@@ -463,10 +519,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, *, stop_after: int | 
     recorder = AttemptRecorder(sweep.engine, sweep.blobs, write_here=spec.resources.write_results == "driver",
                                max_attempts=spec.max_attempts, labels={c.config_id: c.label for c in spec.configs},
                                tally=tally, bar=bar)
-    started_ray = connect_ray(address) if sweep.todo else False
+    started_ray = connect_ray(address, verbose=verbose) if sweep.todo else False
     try:
         interrupted = run_models(spec, sweep, recorder, bar, stop_after=stop_after,
-                                 on_unit_done=on_unit_done)
+                                 on_unit_done=on_unit_done, verbose=verbose)
         if interrupted:
             bar.note(f"stopped after {tally.finished} unit(s); run the same spec again to resume")
         else:

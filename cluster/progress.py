@@ -1,18 +1,30 @@
-"""Live progress of a sweep: a tqdm bar on stdout (terminal and `ray job logs` alike).
+"""What a sweep run shows: a progress bar, one line per finished unit, a results table at the end.
 
-units done/total with ETA; the postfix counts failures, retries and units running. On a
-terminal the bar redraws at most every second; in a job log (not a TTY) it prints a line at
-most every `log_interval` seconds, and every finished unit prints one line of its own.
+`SweepProgress`: units done/total with ETA, the postfix counts failures, retries and units
+running. On a terminal tqdm redraws the bar in place (at most every second) and unit lines are
+printed above it. In a job log (`ray job logs`, a pipe: not a TTY) a redraw would only pile up
+carriage returns on one line, so there every line is written whole: each finished unit's, and
+the bar's own line at the first finished unit, then at most every `log_interval` seconds, and
+at the end.
 
 `results_table`: one row per config, one column per task, plus KL and compression ratio, from
 the sweep's rows of `v_unit_results` (`store.queries.result_frame`).
+
+`hide_third_party_output` / `quiet_env`: Python warnings, library logging below ERROR and
+third-party progress bars (transformers' GGUF conversion, the HF hub's downloads) are hidden
+unless `--verbose`; in the driver process by the former, in the Ray actors (separate processes,
+whose libraries read these settings at import) by starting them with the latter.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
 import sys
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
@@ -22,16 +34,31 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+class _Nowhere:
+    """Where tqdm draws when its redraws are not wanted (the bar's line is printed whole)."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 class SweepProgress:
     def __init__(self, total: int, already_done: int = 0, *, desc: str = "sweep",
                  file: TextIO | None = None, enabled: bool = True, log_interval: float = 15.0):
         self.file = file or sys.stdout
-        tty = bool(getattr(self.file, "isatty", lambda: False)())
+        self.tty = bool(getattr(self.file, "isatty", lambda: False)())
         self.counts = {"done": 0, "failed": 0, "skipped": 0, "retried": 0, "running": 0}
         self.enabled = enabled
-        self.bar = tqdm(total=total, initial=already_done, desc=desc, unit="unit", file=self.file,
-                        mininterval=1.0 if tty else log_interval, dynamic_ncols=tty,
-                        disable=not enabled, smoothing=0.1)
+        self.log_interval = log_interval
+        self._logged_at: float | None = None  # when the bar's line was last written (not a TTY)
+        self.bar = tqdm(total=total, initial=already_done, desc=desc, unit="unit",
+                        file=self.file if self.tty else _Nowhere(), mininterval=1.0,
+                        dynamic_ncols=self.tty, disable=not enabled, smoothing=0.1,
+                        ascii=not _writes_unicode(self.file))
 
     def _postfix(self) -> None:
         c = self.counts
@@ -51,16 +78,35 @@ class SweepProgress:
             self.counts[status] += 1
             self.bar.update(1)
         self._postfix()
-        if line and self.enabled:
-            self.bar.write(line, file=self.file)
+        if line:
+            self.note(line)
+        if not self.tty:
+            self._log_bar(force=False)
 
     def note(self, line: str) -> None:
-        if self.enabled:
-            self.bar.write(line, file=self.file)
+        if not self.enabled:
+            return
+        if self.tty:
+            self.bar.write(line, file=self.file)  # clears the bar, prints, redraws it below
+        else:
+            print(line, file=self.file, flush=True)
+
+    def _log_bar(self, *, force: bool) -> None:
+        now = time.monotonic()
+        due = self._logged_at is None or now - self._logged_at >= self.log_interval
+        if self.enabled and (force or due):
+            print(str(self.bar), file=self.file, flush=True)
+            self._logged_at = now
 
     def close(self) -> None:
+        if not self.tty:
+            self._log_bar(force=True)
         self.bar.refresh()
         self.bar.close()
+
+
+def _writes_unicode(file: TextIO) -> bool:
+    return "utf" in (getattr(file, "encoding", None) or "").lower()
 
 
 def first_line(text: str) -> str:
@@ -182,4 +228,35 @@ def _render(columns: Sequence[str], rows: Sequence[tuple[str, list[str]]]) -> st
     return "\n".join(lines)
 
 
-__all__ = ["SweepProgress", "first_line", "results_table", "unit_line"]
+# --- third-party output ------------------------------------------------------------------------
+# Read by the libraries when they are imported (tqdm, the HF hub) or first configure their
+# logging (transformers, datasets, accelerate), so a process must start with them.
+QUIET_ENV: dict[str, str] = {
+    "PYTHONWARNINGS": "ignore",  # our own code reports through logging and printed lines
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DATASETS_VERBOSITY": "error",
+    "ACCELERATE_LOG_LEVEL": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",  # bars drawn with tqdm itself, e.g. "Converting and de-quantizing GGUF tensors"
+}
+THIRD_PARTY_LOGGERS = ("transformers", "datasets", "accelerate", "huggingface_hub", "ray", "torch",
+                       "filelock", "fsspec", "urllib3")
+
+
+def quiet_env() -> dict[str, str]:
+    """`QUIET_ENV`, except where this process's environment sets a variable: the user's choice."""
+    return {name: os.environ.get(name, value) for name, value in QUIET_ENV.items()}
+
+
+def hide_third_party_output() -> None:
+    """In this (driver) process and the processes it starts: third-party warnings, logging
+    below ERROR and progress bars. Errors still show; our own bar does too (it sets `disable`)."""
+    os.environ.update(quiet_env())  # a local Ray's processes inherit it
+    warnings.simplefilter("ignore")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+__all__ = ["QUIET_ENV", "SweepProgress", "first_line", "hide_third_party_output", "quiet_env",
+           "results_table", "unit_line"]

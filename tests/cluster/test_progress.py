@@ -1,15 +1,30 @@
-"""What a sweep prints and records for one finished attempt, without Ray: the results table,
-the unit lines, the recording of one finished attempt."""
+"""What a sweep prints, without Ray: the results table, the bar and unit lines in a log, the
+recording of one finished attempt, and third-party output hidden in a driver and an actor."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cluster.progress import SweepProgress, first_line, results_table, unit_line
+from cluster.progress import (
+    QUIET_ENV,
+    SweepProgress,
+    first_line,
+    quiet_env,
+    results_table,
+    unit_line,
+)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _unit(config_id, task, shard, n, score=math.nan, ppl=math.nan, kl=math.nan, ratio=math.nan,
@@ -71,6 +86,35 @@ def test_table_of_a_sweep_without_results_says_so():
     assert "no unit" in results_table(empty, {"a": "points[0]"})
 
 
+def test_bar_in_a_log_prints_whole_lines_in_order():
+    out = io.StringIO()  # not a TTY, as `ray job logs` or a pipe
+    bar = SweepProgress(4, already_done=1, desc="s", file=out, log_interval=3600)
+    bar.note("sweep s: 4 units")
+    for status, line in (("done", "done    qa 0/2 [a] 1.0s"), ("retry", "retry   qa 1/2 [a] (x)"),
+                         ("failed", "FAILED  qa 1/2 [a] after 2 attempt(s): ValueError: bad")):
+        bar.started()
+        bar.finished(status, line)
+    bar.close()
+    text = out.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert lines[0] == "sweep s: 4 units" and lines[1].startswith("done    qa 0/2")
+    assert lines[2].startswith("s:") and "2/4" in lines[2]  # the bar's line at the first finished unit
+    assert lines[3].startswith("retry") and lines[4].startswith("FAILED")  # no bar line within the hour
+    assert lines[5].startswith("s:") and "3/4" in lines[5] and "failed=1 retried=1" in lines[5]
+    assert len(lines) == 6
+
+
+def test_disabled_bar_prints_nothing():
+    out = io.StringIO()
+    bar = SweepProgress(2, file=out, enabled=False)
+    bar.note("hello")
+    bar.started()
+    bar.finished("done", "done    qa 0/1 [a] 1.0s")
+    bar.close()
+    assert out.getvalue() == ""
+
+
 def test_unit_lines_give_the_first_line_of_the_error():
     error = "ValueError: row 3 is not a LongBench row\n\nTraceback (most recent call last): ..."
     assert unit_line("failed", "qa 0/1 [a]", attempt=2, error=error) == \
@@ -81,6 +125,69 @@ def test_unit_lines_give_the_first_line_of_the_error():
         "skipped qa 0/1 [b]: quanto is not installed"
     assert unit_line("done", "qa 0/1 [a]", seconds=2.25) == "done    qa 0/1 [a] 2.2s"
     assert first_line("") == ""
+
+
+def test_quiet_env_keeps_a_variable_the_user_set(monkeypatch):
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    env = quiet_env()
+    assert env["TRANSFORMERS_VERBOSITY"] == "info" and env["TQDM_DISABLE"] == "1"
+    assert set(env) == set(QUIET_ENV)
+
+
+NOISE = textwrap.dedent("""
+    import sys, warnings
+    from cluster.progress import hide_third_party_output  # imports tqdm, as the driver does
+    if sys.argv[1] == "driver":
+        hide_third_party_output()
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+    if sys.argv[1] != "driver":  # the driver loads no weights: only an actor draws this bar
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...", mininterval=0):
+            pass
+    warnings.warn("a deprecated argument", UserWarning)
+    hf_logging.get_logger("transformers.tokenization_utils_base").warning("tokenizer notice")
+    hf_logging.get_logger("transformers.modeling_utils").error("an error of the library")
+""")
+
+
+@pytest.mark.parametrize("mode", ["verbose", "driver", "actor"])
+def test_third_party_output_is_hidden_in_driver_and_actors(mode):
+    """verbose: all of it shows (so the other two can fail); driver: `hide_third_party_output`;
+    actor: a process started with `quiet_env()`, as the Ray actors are (runtime_env)."""
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    if mode == "actor":
+        env.update(QUIET_ENV)
+    proc = subprocess.run([sys.executable, "-c", NOISE, mode], env=env, capture_output=True, text=True,
+                          timeout=120, check=False, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "an error of the library" in out  # errors are never hidden
+    noise = ("UserWarning", "tokenizer notice") + (("Converting and de-quantizing",) if mode != "driver" else ())
+    shown = [n for n in noise if n in out]
+    assert shown == (list(noise) if mode == "verbose" else []), out
+
+
+def test_ray_notices_are_dropped_and_errors_kept():
+    from cluster.driver import drop_ray_notices
+
+    text = ("[2026-12-03 11:16:43,130 W 7767 7767] network_util.cc:330: Failed to determine local IP\n"
+            "[2026-12-03 11:16:43,131 I 7767 7767] logging.cc:303: Set ray log level\n"
+            "[2026-12-03 11:16:44,000 E 7767 7767] core_worker.cc:1: cannot connect\n"
+            "Traceback (most recent call last):\n")
+    assert drop_ray_notices(text) == ("[2026-12-03 11:16:44,000 E 7767 7767] core_worker.cc:1: cannot connect\n"
+                                      "Traceback (most recent call last):\n")
+
+
+def test_verbose_is_passed_on_to_the_isolated_rerun():
+    from cluster.sweep import add_arguments, to_argv
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert to_argv(parser.parse_args(["s.yaml", "--verbose", "--limit", "1"])) == \
+        ["s.yaml", "--limit", "1", "--verbose"]
+    assert to_argv(parser.parse_args(["s.yaml", "--no-progress"])) == ["s.yaml", "--no-progress"]
 
 
 # --- one finished attempt, recorded (a real SQLite store, no Ray) ---------------------------------
@@ -127,3 +234,16 @@ def test_attempts_end_as_retry_then_failed_or_skipped(recorder_for, helpers, sto
         f"skipped {second.key.task} {second.key.shard} [{recorder.labels[second.key.config_id]}]: "
         "HF backend quanto is not installed",
     ]
+
+
+def test_ray_start_up_notices_are_held_back_unless_the_start_fails(capfd):
+    from cluster.driver import ray_notices_hidden
+
+    notice = "[2026-12-03 11:16:43,130 W 7767 7767] gcs_client.cc:210: Failed to get cluster ID\n"
+    with ray_notices_hidden():
+        os.write(2, notice.encode() + b"something else\n")
+    assert capfd.readouterr().err == "something else\n"
+    with pytest.raises(ConnectionError), ray_notices_hidden():
+        os.write(2, notice.encode())
+        raise ConnectionError("could not join")
+    assert capfd.readouterr().err == notice  # it may say why
