@@ -3,7 +3,10 @@
     streamkv db upgrade [--db URL]                 apply the store's migrations
     streamkv db query "SELECT ..." [--db URL]      read-only SQL, printed as a table
     streamkv dashboard [--db URL] [--blobs URI]    the Streamlit dashboard on 127.0.0.1
-    streamkv sweep SPEC [--address ADDR] [--db URL] [--blobs URI]   run a sweep on Ray
+    streamkv sweep SPEC [--address ADDR] [--db URL] [--blobs URI] [--verbose]
+                                                   run a sweep on Ray; prints a progress bar, a
+                                                   line per unit and a results table (--verbose:
+                                                   third-party warnings and bars too)
 
 The database URL defaults to $STREAMKV_DB, then sqlite:///results/streamkv.db.
 """
@@ -87,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1")
     dash.set_defaults(func=cmd_dashboard)
 
+    from cluster.sweep import __doc__ as sweep_doc
     from cluster.sweep import add_arguments
 
-    sweep = sub.add_parser("sweep", help="run a sweep spec on Ray (local, or a cluster with --address)")
+    sweep = sub.add_parser("sweep", help="run a sweep spec on Ray (local, or a cluster with --address)",
+                           description=sweep_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(sweep)
     sweep.set_defaults(func=cmd_sweep)
     return parser

@@ -25,21 +25,36 @@ Failures:
   the unit counts one attempt.
 - application (an exception in the unit, e.g. a bad data file): retried until `max_attempts`
   attempts of this run, then `mark_failed(final=True)` with the error text; the sweep goes on.
-- `HFBaselineUnavailable` (the backend is not installed): `mark_skipped` with the reason.
+- `MethodUnavailable` (the method cannot run here, e.g. an HF backend that is not installed):
+  `mark_skipped` with the reason.
 `mark_running` (attempts + 1 in the store) precedes every attempt.
+
+Interruption: `KeyboardInterrupt` puts the in-flight units back to pending and marks the
+sweep cancelled; `stop_after` (a test hook) stops the same way but leaves the sweep running.
+
+The parts, in the order of a run: `open_sweep` (the store, the registered sweep, what is left
+to do), `ActorPool` (one model's actors), `ModelScheduler` (submitting units to idle actors,
+collecting the next finished attempt with `ray.wait`), `AttemptRecorder` (what one finished
+attempt means: done / skipped / retry / failed, with its store writes and its line),
+`release_inflight` (interruption), `summarize`. `verbose=False` (`streamkv sweep` without
+--verbose) starts the actors with `progress.quiet_env()`, and Ray with its logging at ERROR and
+its C++ start-up notices held back (`ray_notices_hidden`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store import BlobStore, create_store_engine
 from store.entities import UnitKey
@@ -56,8 +71,11 @@ from workers.actor import UnitWorker
 from workers.units import WorkUnit
 
 from .plan import by_model, plan
-from .progress import SweepProgress
+from .progress import SweepProgress, first_line, quiet_env, results_table, unit_line
 from .spec import SweepSpec
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 class ClusterConnectionError(RuntimeError):
@@ -131,9 +149,10 @@ def _absolute_store(url: str, blobs: str) -> tuple[str, str]:
 
 
 # --- Ray -------------------------------------------------------------------------------------------
-def connect_ray(address: str | None = None) -> bool:
+def connect_ray(address: str | None = None, *, verbose: bool = True) -> bool:
     """Joins `address` ($RAY_ADDRESS, as under `ray job submit`) or starts Ray in this process
-    with every listener on 127.0.0.1. Returns whether this call started/joined Ray."""
+    with every listener on 127.0.0.1. Returns whether this call started/joined Ray.
+    `verbose=False`: Ray's own warnings (start-up, token authentication) are not printed."""
     import ray
 
     if ray.is_initialized():
@@ -152,183 +171,396 @@ def connect_ray(address: str | None = None) -> bool:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as err:
             raise ClusterConnectionError(f"cannot reach the Ray cluster at {address!r}: {err}. " + hint) from None
-    if address:
-        try:
-            ray.init(address=address, logging_level="WARNING")
-        except Exception as err:  # noqa: BLE001 (ConnectionError, TimeoutError, RuntimeError, ValueError)
-            raise ClusterConnectionError(f"cannot reach the Ray cluster at {address!r}: {err}\n" + hint) from None
-    else:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
-                 configure_logging=True)
+    # Actors' output still reaches the driver (log_to_driver stays on) so that what they print
+    # on a crash is seen; without --verbose they are started quiet instead (`quiet_env`).
+    level = "WARNING" if verbose else "ERROR"
+    with nullcontext() if verbose else ray_notices_hidden():
+        if address:
+            try:
+                ray.init(address=address, logging_level=level)
+            except Exception as err:  # noqa: BLE001 (ConnectionError, TimeoutError, RuntimeError, ValueError)
+                raise ClusterConnectionError(f"cannot reach the Ray cluster at {address!r}: {err}\n" + hint) from None
+        else:
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=level,
+                     configure_logging=True)
     return True
 
 
+# An info (I) or warning (W) line of Ray's C++ core: "[2026-01-02 10:00:00,123 W 411 411] file.cc:330: ..."
+_RAY_NOTICE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:.,]+ [IW] \d+ \d+\] ")
+
+
+def drop_ray_notices(text: str) -> str:
+    """`text` without the lines of Ray's C++ info and warning notices (errors stay)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _RAY_NOTICE.match(line))
+
+
+@contextmanager
+def ray_notices_hidden() -> Iterator[None]:
+    """While `ray.init` starts Ray's core in this process, its C++ code writes notices straight to
+    file descriptor 2 before any log level applies (e.g. `network_util.cc: Failed to determine
+    local IP via external connectivity`, every time in the private network namespace). So fd 2
+    goes to a file for that while, and what was written comes out after: without those notices
+    when the block succeeded, all of it when it raised (the notices may say why, e.g. a wrong
+    auth token)."""
+    # Ray's processes write to their own log files, not to an inherited fd 2, unless
+    # RAY_LOG_TO_STDERR=1 asks for the opposite: then nothing is held back.
+    if os.environ.get("RAY_LOG_TO_STDERR") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    succeeded = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+            succeeded = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read().decode(errors="replace")
+            kept = drop_ray_notices(text) if succeeded else text
+            if kept:
+                os.write(2, kept.encode())
+
+
+# --- the store -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpenSweep:
+    """A sweep registered in the store: its units, and those not done yet (`todo`)."""
+
+    sweep_id: str
+    engine: Engine
+    blobs: BlobStore
+    url: str
+    blob_root: str
+    units: list[WorkUnit]
+    todo: list[WorkUnit]
+
+    @property
+    def previously_done(self) -> int:
+        return len(self.units) - len(self.todo)
+
+
+def open_store(url: str) -> Engine:
+    try:
+        return create_store_engine(url)  # StoreConnectionError says what to do
+    except OSError as err:  # e.g. the SQLite file's folder cannot be created
+        from store.db import StoreConnectionError
+
+        raise StoreConnectionError(f"cannot open the results database {_safe(url)}: {err}") from None
+
+
+def open_sweep(spec: SweepSpec) -> OpenSweep:
+    """Registers the sweep and its units (idempotent) and reads which are done already."""
+    units = plan(spec)
+    sweep_id = spec.resolved_sweep_id
+    url, blob_root = spec.store.resolved_url, spec.store.resolved_blobs
+    engine = open_store(url)
+    configs = list({u.key.config_id: u.config.to_dict() for u in units}.values())
+    register_sweep(engine, sweep_id, spec.name, spec.to_dict(), [u.key for u in units], configs,
+                   created_by=f"{os.environ.get('USER', '?')}@{socket.gethostname()}")
+    done_keys = completed_units(engine, sweep_id)
+    return OpenSweep(sweep_id=sweep_id, engine=engine, blobs=BlobStore(blob_root), url=url,
+                     blob_root=blob_root, units=units, todo=[u for u in units if u.key not in done_keys])
+
+
+def release_inflight(engine: Engine, units: list[WorkUnit]) -> None:
+    """Units whose attempt was still running when the driver stopped: back to pending."""
+    for unit in units:
+        mark_failed(engine, unit.key, "interrupted: the driver stopped before this unit finished", final=False)
+
+
+# --- one model's actors ----------------------------------------------------------------------------
+class ActorPool:
+    """The `SweepWorker` actors of one model. An actor Ray gave up on is replaced in place, so
+    an index names the same slot for the whole run."""
+
+    def __init__(self, model: str, remote_cls: Any, args: tuple[Any, ...], size: int):
+        self.model, self._remote_cls, self._args = model, remote_cls, args
+        self.actors = [self._new() for _ in range(size)]
+        self._described: dict[int, dict[str, Any]] = {}
+
+    def _new(self) -> Any:
+        return self._remote_cls.remote(*self._args)
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def describe(self, idx: int) -> dict[str, Any]:
+        """worker and device of actor `idx` (cached); the first call waits for its model."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if idx not in self._described:
+            try:
+                self._described[idx] = ray.get(self.actors[idx].describe.remote())
+            except RayActorError as err:
+                raise RuntimeError(f"the worker actor for model {self.model!r} could not start: {err}") from err
+        return self._described[idx]
+
+    def replace(self, idx: int) -> None:
+        import ray
+
+        ray.kill(self.actors[idx], no_restart=True)
+        self.actors[idx] = self._new()
+        self._described.pop(idx, None)
+
+    def kill_all(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def start_pool(spec: SweepSpec, model: str, n_units: int, store_args: tuple[str | None, str | None],
+               *, verbose: bool) -> ActorPool:
+    """`resources.num_actors` actors (at most one per unit) holding `model`."""
+    import ray
+
+    gpus = spec.resources.num_gpus_per_actor
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    options: dict[str, Any] = dict(
+        num_gpus=gpus, num_cpus=spec.resources.num_cpus_per_actor,
+        max_restarts=spec.resources.max_restarts, max_task_retries=spec.resources.max_task_retries)
+    if not verbose:  # merged with the job's runtime_env (working_dir, ...) by Ray
+        options["runtime_env"] = {"env_vars": quiet_env()}
+    remote_cls = ray.remote(SweepWorker).options(**options)
+    device = None if spec.device == "auto" else spec.device
+    size = max(1, min(spec.resources.num_actors, n_units))
+    return ActorPool(model, remote_cls, (model, spec.dtype, device, *store_args), size)
+
+
+# --- scheduling ------------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    """What this call did, over all models."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    attempts: int = 0  # attempts started
+    failures: list[tuple[UnitKey, str]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.skipped
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One finished attempt, as `ModelScheduler.collect` got it back from Ray."""
+
+    unit: WorkUnit
+    actor_index: int
+    number: int  # 1 for the unit's first attempt in this call
+    started: float  # time.perf_counter() at submission
+    status: str  # done | skipped | error
+    result: Any = None  # the UnitResult (driver writes) or the actor's brief (actor writes)
+    error: str = ""
+
+
+class ModelScheduler:
+    """A dynamic queue over one model's pool: an idle actor gets the next unit, `collect` waits
+    (`ray.wait`) for whichever attempt finishes first."""
+
+    def __init__(self, pool: ActorPool, units: list[WorkUnit], engine: Engine, tally: Tally,
+                 bar: SweepProgress):
+        self.pool, self.engine, self.tally, self.bar = pool, engine, tally, bar
+        self.queue: deque[WorkUnit] = deque(units)
+        self.idle = list(range(len(pool)))[::-1]
+        self.inflight: dict[Any, tuple[WorkUnit, int, float]] = {}  # ref -> unit, actor, start
+        self.tries: dict[UnitKey, int] = {}
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.inflight)
+
+    def fill(self) -> None:
+        """Gives every idle actor a unit while there are units."""
+        while self.idle and self.queue:
+            self._submit(self.idle.pop())
+
+    def _submit(self, idx: int) -> None:
+        unit = self.queue.popleft()
+        info = self.pool.describe(idx)
+        self.tries[unit.key] = self.tries.get(unit.key, 0) + 1
+        self.tally.attempts += 1
+        mark_running(self.engine, unit.key, worker=info["worker"], device=info["device"])
+        ref = self.pool.actors[idx].run_unit.remote(unit)
+        self.inflight[ref] = (unit, idx, time.perf_counter())
+        self.bar.started()
+
+    def collect(self) -> Attempt:
+        """The next finished attempt; an actor Ray gave up on is replaced first."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        from streamkv.methods import MethodUnavailable
+
+        ready, _ = ray.wait(list(self.inflight), num_returns=1)
+        unit, idx, started = self.inflight.pop(ready[0])
+        done = dict(unit=unit, actor_index=idx, number=self.tries[unit.key], started=started)
+        try:
+            return Attempt(**done, status="done", result=ray.get(ready[0]))
+        except RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, MethodUnavailable):
+                return Attempt(**done, status="skipped", error=str(cause))
+            return Attempt(**done, status="error", error=_error_text(err))
+        except RayActorError as err:  # Ray gave up on the actor (restarts and retries spent)
+            self.pool.replace(idx)
+            return Attempt(**done, status="error", error=f"worker actor died: {err}")
+
+    def finish(self, attempt: Attempt, status: str) -> None:
+        """The actor is free again; a unit to retry goes to the back of the queue."""
+        if status == "retry":
+            self.queue.append(attempt.unit)
+        self.idle.append(attempt.actor_index)
+
+    def inflight_units(self) -> list[WorkUnit]:
+        return [unit for unit, _, _ in self.inflight.values()]
+
+
+# --- one finished attempt --------------------------------------------------------------------------
+class AttemptRecorder:
+    """What a finished attempt means (done / skipped / retry / failed), written to the store
+    and to the tally, with its line above the progress bar."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore, *, write_here: bool, max_attempts: int,
+                 labels: dict[str, str], tally: Tally, bar: SweepProgress):
+        self.engine, self.blobs, self.write_here = engine, blobs, write_here
+        self.max_attempts, self.labels, self.tally, self.bar = max_attempts, labels, tally, bar
+
+    def record(self, attempt: Attempt) -> str:
+        """Returns the status: done | skipped | retry | failed."""
+        key = attempt.unit.key
+        what = f"{key.task} {key.shard} [{self.labels.get(key.config_id, attempt.unit.method)}]"
+        if attempt.status == "done":
+            if self.write_here:
+                write_unit_result(self.engine, self.blobs, attempt.result)
+            self.tally.done += 1
+            seconds = time.perf_counter() - attempt.started
+            return self._report("done", unit_line("done", what, seconds=seconds))
+        if attempt.status == "skipped":
+            mark_skipped(self.engine, key, attempt.error)
+            self.tally.skipped += 1
+            return self._report("skipped", unit_line("skipped", what, error=attempt.error))
+        final = attempt.number >= self.max_attempts
+        mark_failed(self.engine, key, attempt.error, final=final)
+        if not final:
+            return self._report("retry", unit_line("retry", what, attempt=attempt.number, error=attempt.error))
+        self.tally.failed += 1
+        self.tally.failures.append((key, attempt.error))
+        return self._report("failed", unit_line("failed", what, attempt=attempt.number, error=attempt.error))
+
+    def _report(self, status: str, line: str) -> str:
+        self.bar.finished(status, line)
+        return status
+
+
 # --- the driver ------------------------------------------------------------------------------------
+def run_model_units(scheduler: ModelScheduler, recorder: AttemptRecorder, *, stop_after: int | None,
+                    on_unit_done: Callable[[UnitEvent], None] | None) -> bool:
+    """Runs one model's units to the end; returns True when `stop_after` stopped it."""
+    while scheduler.busy():
+        scheduler.fill()
+        attempt = scheduler.collect()
+        status = recorder.record(attempt)
+        scheduler.finish(attempt, status)
+        finished = recorder.tally.finished
+        if stop_after is not None and finished >= stop_after:
+            return True
+        scheduler.fill()  # before the hook: it sees the actor already given its next unit
+        if on_unit_done is not None:
+            idx = attempt.actor_index
+            on_unit_done(UnitEvent(attempt.unit.key, status, scheduler.pool.actors[idx], idx, finished))
+    return False
+
+
+def run_models(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder, bar: SweepProgress, *,
+               stop_after: int | None, on_unit_done: Callable[[UnitEvent], None] | None,
+               verbose: bool) -> bool:
+    """Each model's units on its own pool, one model after the other; True when stopped."""
+    if recorder.write_here:
+        store_args: tuple[str | None, str | None] = (None, None)
+    else:
+        store_args = _absolute_store(sweep.url, sweep.blob_root)
+    for model, units in by_model(sweep.todo):
+        pool = start_pool(spec, model, len(units), store_args, verbose=verbose)
+        scheduler = ModelScheduler(pool, units, sweep.engine, recorder.tally, bar)
+        try:
+            if run_model_units(scheduler, recorder, stop_after=stop_after, on_unit_done=on_unit_done):
+                return True
+        finally:
+            release_inflight(sweep.engine, scheduler.inflight_units())
+            pool.kill_all()
+    return False
+
+
 def run_sweep(spec: SweepSpec, address: str | None = None, *, stop_after: int | None = None,
               on_unit_done: Callable[[UnitEvent], None] | None = None, progress: bool = True,
-              shutdown: bool = True) -> SweepSummary:
+              shutdown: bool = True, verbose: bool = True) -> SweepSummary:
     """Runs `spec` to completion (see the module docstring).
 
     `stop_after=k` (test hook) stops once k units finished in this call, as an interrupted
     driver would: in-flight units go back to pending and the sweep stays running.
     `on_unit_done` (test hook) is called after each finished attempt.
+    `verbose=False` hides third-party output in the actors and Ray's warnings (the CLI's default).
     """
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
-
-    from workers.hf_baselines import HFBaselineUnavailable
-
     t0 = time.perf_counter()
-    units = plan(spec)
-    sweep_id = spec.resolved_sweep_id
-    url, blob_root = spec.store.resolved_url, spec.store.resolved_blobs
+    sweep = open_sweep(spec)
+    bar = SweepProgress(len(sweep.units), sweep.previously_done, desc=sweep.sweep_id, enabled=progress)
+    bar.note(f"sweep {sweep.sweep_id}: {len(sweep.units)} units, {sweep.previously_done} already done, "
+             f"{len(sweep.todo)} to run; store {_safe(sweep.url)}, blobs {sweep.blob_root}")
+    tally = Tally()
+    recorder = AttemptRecorder(sweep.engine, sweep.blobs, write_here=spec.resources.write_results == "driver",
+                               max_attempts=spec.max_attempts, labels={c.config_id: c.label for c in spec.configs},
+                               tally=tally, bar=bar)
+    started_ray = connect_ray(address, verbose=verbose) if sweep.todo else False
     try:
-        engine = create_store_engine(url)  # StoreConnectionError says what to do
-    except OSError as err:  # e.g. the SQLite file's folder cannot be created
-        from store.db import StoreConnectionError
-
-        raise StoreConnectionError(f"cannot open the results database {_safe(url)}: {err}") from None
-    blobs = BlobStore(blob_root)
-    configs = list({u.key.config_id: u.config.to_dict() for u in units}.values())
-    register_sweep(engine, sweep_id, spec.name, spec.to_dict(), [u.key for u in units], configs,
-                   created_by=f"{os.environ.get('USER', '?')}@{socket.gethostname()}")
-    done_keys = completed_units(engine, sweep_id)
-    todo = [u for u in units if u.key not in done_keys]
-    labels = {c.config_id: c.label for c in spec.configs}
-    bar = SweepProgress(len(units), len(units) - len(todo), desc=sweep_id, enabled=progress)
-    bar.note(f"sweep {sweep_id}: {len(units)} units, {len(units) - len(todo)} already done, "
-             f"{len(todo)} to run; store {_safe(url)}, blobs {blob_root}")
-
-    counts = {"done": 0, "failed": 0, "skipped": 0}
-    failures: list[tuple[UnitKey, str]] = []
-    attempts_total = 0
-    interrupted = False
-    started_ray = False
-    if todo:
-        started_ray = connect_ray(address)
-    actor_url, actor_blobs = _absolute_store(url, blob_root)
-    write_here = spec.resources.write_results == "driver"
-    try:
-        for model, model_units in by_model(todo):
-            if interrupted:
-                break
-            gpus = spec.resources.num_gpus_per_actor
-            if gpus is None:
-                gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-            n_actors = max(1, min(spec.resources.num_actors, len(model_units)))
-            remote_cls = ray.remote(SweepWorker).options(
-                num_gpus=gpus, num_cpus=spec.resources.num_cpus_per_actor,
-                max_restarts=spec.resources.max_restarts, max_task_retries=spec.resources.max_task_retries)
-            device = None if spec.device == "auto" else spec.device
-            store_args = (None, None) if write_here else (actor_url, actor_blobs)
-
-            def new_actor():
-                return remote_cls.remote(model, spec.dtype, device, *store_args)  # noqa: B023 (called within this iteration only)
-
-            actors = [new_actor() for _ in range(n_actors)]
-            names: dict[int, dict[str, Any]] = {}
-            queue: deque[WorkUnit] = deque(model_units)
-            tries: dict[UnitKey, int] = {}
-            inflight: dict[Any, tuple[WorkUnit, int, float]] = {}
-            idle = list(range(n_actors))[::-1]
-
-            def submit(idx: int) -> None:
-                nonlocal attempts_total
-                unit = queue.popleft()  # noqa: B023 (called within this iteration only)
-                if idx not in names:  # noqa: B023 (called within this iteration only)
-                    try:
-                        names[idx] = ray.get(actors[idx].describe.remote())  # noqa: B023 (called within this iteration only)
-                    except RayActorError as err:
-                        raise RuntimeError(f"the worker actor for model {model!r} could not start: {err}") from err  # noqa: B023 (called within this iteration only)
-                info = names[idx]  # noqa: B023 (called within this iteration only)
-                tries[unit.key] = tries.get(unit.key, 0) + 1  # noqa: B023 (called within this iteration only)
-                attempts_total += 1
-                mark_running(engine, unit.key, worker=info["worker"], device=info["device"])
-                inflight[actors[idx].run_unit.remote(unit)] = (unit, idx, time.perf_counter())  # noqa: B023 (called within this iteration only)
-                bar.started()
-
-            try:
-                while queue or inflight:
-                    while idle and queue:
-                        submit(idle.pop())
-                    ready, _ = ray.wait(list(inflight), num_returns=1)
-                    ref = ready[0]
-                    unit, idx, t_start = inflight.pop(ref)
-                    key, label = unit.key, labels.get(unit.key.config_id, unit.method)
-                    what = f"{key.task} {key.shard} [{label}]"
-                    status, error = "done", ""
-                    try:
-                        result = ray.get(ref)
-                        if write_here:
-                            write_unit_result(engine, blobs, result)
-                    except RayTaskError as err:
-                        cause = getattr(err, "cause", None)
-                        if isinstance(cause, HFBaselineUnavailable):
-                            status, error = "skipped", str(cause)
-                        else:
-                            status, error = "error", _error_text(err)
-                    except RayActorError as err:  # Ray gave up on the actor: replace it
-                        status, error = "error", f"worker actor died: {err}"
-                        ray.kill(actors[idx], no_restart=True)
-                        actors[idx] = new_actor()
-                        names.pop(idx, None)
-                    seconds = time.perf_counter() - t_start
-                    if status == "done":
-                        counts["done"] += 1
-                        bar.finished("done", f"done    {what} {seconds:.1f}s")
-                    elif status == "skipped":
-                        mark_skipped(engine, key, error)
-                        counts["skipped"] += 1
-                        bar.finished("skipped", f"skipped {what}: {error}")
-                    else:
-                        final = tries[key] >= spec.max_attempts
-                        mark_failed(engine, key, error, final=final)
-                        if final:
-                            status = "failed"
-                            counts["failed"] += 1
-                            failures.append((key, error))
-                            bar.finished("failed", f"FAILED  {what} after {tries[key]} attempt(s): "
-                                                   f"{_last_line(error)}")
-                        else:
-                            status = "retry"
-                            queue.append(unit)
-                            bar.finished("retry", f"retry   {what} (attempt {tries[key]} failed: "
-                                                  f"{_last_line(error)})")
-                    idle.append(idx)
-                    finished = counts["done"] + counts["failed"] + counts["skipped"]
-                    if stop_after is not None and finished >= stop_after:
-                        interrupted = True
-                        break
-                    while idle and queue:
-                        submit(idle.pop())
-                    if on_unit_done is not None:
-                        on_unit_done(UnitEvent(key, status, actors[idx], idx, finished))
-            except KeyboardInterrupt:
-                interrupted = True
-                raise
-            finally:
-                for unit, _, _ in inflight.values():
-                    mark_failed(engine, unit.key, "interrupted: the driver stopped before this unit finished",
-                                final=False)
-                for actor in actors:
-                    ray.kill(actor, no_restart=True)
+        interrupted = run_models(spec, sweep, recorder, bar, stop_after=stop_after,
+                                 on_unit_done=on_unit_done, verbose=verbose)
         if interrupted:
-            bar.note(f"stopped after {sum(counts.values())} unit(s); run the same spec again to resume")
+            bar.note(f"stopped after {tally.finished} unit(s); run the same spec again to resume")
         else:
-            finish_sweep(engine, sweep_id, "failed" if counts["failed"] else "done")
+            finish_sweep(sweep.engine, sweep.sweep_id, "failed" if tally.failed else "done")
     except KeyboardInterrupt:
-        finish_sweep(engine, sweep_id, "cancelled")
+        finish_sweep(sweep.engine, sweep.sweep_id, "cancelled")
         raise
     finally:
         bar.close()
         if started_ray and shutdown:
+            import ray
+
             ray.shutdown()
+    return summarize(sweep, tally, interrupted=interrupted, seconds=time.perf_counter() - t0)
+
+
+def summarize(sweep: OpenSweep, tally: Tally, *, interrupted: bool, seconds: float) -> SweepSummary:
     return SweepSummary(
-        sweep_id=sweep_id, succeeded=counts["done"], failed=counts["failed"],
-        skipped=counts["skipped"] + len(units) - len(todo), total=len(units),
-        previously_done=len(units) - len(todo), attempts=attempts_total, interrupted=interrupted,
-        db_url=_safe(url), blob_root=blob_root, seconds=time.perf_counter() - t0,
-        failures=tuple(failures))
+        sweep_id=sweep.sweep_id, succeeded=tally.done, failed=tally.failed,
+        skipped=tally.skipped + sweep.previously_done, total=len(sweep.units),
+        previously_done=sweep.previously_done, attempts=tally.attempts, interrupted=interrupted,
+        db_url=_safe(sweep.url), blob_root=sweep.blob_root, seconds=seconds,
+        failures=tuple(tally.failures))
+
+
+# --- after the run ---------------------------------------------------------------------------------
+def sweep_results(spec: SweepSpec, sweep_id: str | None = None) -> str:
+    """The results table of the sweep (`progress.results_table`), read from its store."""
+    from store.queries import result_frame
+
+    engine = open_store(spec.store.resolved_url)
+    try:
+        units = result_frame(engine, sweep_id=sweep_id or spec.resolved_sweep_id)
+    finally:
+        engine.dispose()
+    labels = {c.config_id: c.label for c in spec.configs}
+    return results_table(units, labels, tasks=[d.task for d in spec.datasets])
 
 
 def _safe(url: str) -> str:
@@ -343,11 +575,6 @@ def _error_text(err: BaseException) -> str:
     return (head + "\n\n" + str(err)).strip()
 
 
-def _last_line(text: str) -> str:
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return first[:300]
-
-
 def report(summary: SweepSummary, file=sys.stdout) -> None:
     """The closing lines: counts, where the results are, how to look at them."""
     state = "INTERRUPTED" if summary.interrupted else ("FAILED UNITS" if summary.failed else "done")
@@ -355,7 +582,7 @@ def report(summary: SweepSummary, file=sys.stdout) -> None:
           f"{summary.skipped} skipped ({summary.previously_done} already done) of {summary.total} "
           f"in {summary.seconds:.0f}s", file=file)
     for key, error in summary.failures[:20]:
-        print(f"  failed {key.model_id} {key.config_id} {key.task} {key.shard}: {_last_line(error)}", file=file)
+        print(f"  failed {key.model_id} {key.config_id} {key.task} {key.shard}: {first_line(error)}", file=file)
     print(f"results: database {summary.db_url}\n         blobs    {summary.blob_root}", file=file)
     print(f"open the dashboard: streamkv dashboard --db '{summary.db_url}' --blobs '{summary.blob_root}'",
           file=file)
@@ -364,4 +591,4 @@ def report(summary: SweepSummary, file=sys.stdout) -> None:
 
 
 __all__ = ["ClusterConnectionError", "SweepSummary", "SweepWorker", "UnitEvent", "connect_ray",
-           "report", "run_sweep"]
+           "open_sweep", "report", "run_sweep", "sweep_results"]

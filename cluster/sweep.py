@@ -8,8 +8,17 @@ Without --address (and without $RAY_ADDRESS, which `ray job submit` sets) Ray st
 this process. With the default local store (SQLite, a blob folder) the run happens in a private
 network namespace where `lo` is the only interface, so every Ray listener is on loopback
 (`cluster/isolation.py`; `--no-isolate` to opt out; where namespaces are not permitted it runs
-without and says so). The spec is validated completely before anything runs. Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec
-or unreachable store/cluster, 130 interrupted.
+without and says so). The spec is validated completely before anything runs.
+
+Output: one progress bar (units done/total, ETA, failures), one line per finished unit above it
+(done / skipped / retry / FAILED with the first line of the error), then a table of the results
+(one row per config: each task's score or perplexity, KL, compression ratio) and where they are
+stored. Third-party warnings, library logging below ERROR and progress bars (weight conversion,
+downloads), in this process and in the Ray actors, and Ray's own start-up warnings are hidden
+unless --verbose; errors always show.
+
+Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec or unreachable
+store/cluster, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="cap the samples per shard of every dataset")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show third-party output, hidden by default: Python warnings, "
+                             "transformers/datasets/Ray logging below ERROR, weight-conversion and "
+                             "download progress bars, in this process and in the Ray actors")
     parser.add_argument("--no-isolate", action="store_true",
                         help="local run: do not use a private network namespace for Ray")
 
@@ -45,13 +58,17 @@ def to_argv(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
-    return argv + (["--no-progress"] if args.no_progress else [])
+    return argv + [f"--{flag.replace('_', '-')}" for flag in ("no_progress", "verbose") if getattr(args, flag)]
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if not args.verbose:  # first: importing the driver imports transformers and torch
+        from .progress import hide_third_party_output
+
+        hide_third_party_output()
     from store import StoreError
 
-    from .driver import ClusterConnectionError, report, run_sweep
+    from .driver import ClusterConnectionError, report, run_sweep, sweep_results
     from .plan import plan
     from .spec import SpecError, apply_overrides, load_spec
 
@@ -83,7 +100,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"streamkv sweep: network interfaces in this run: {', '.join(isolation.interfaces())}",
               flush=True)
     try:
-        summary = run_sweep(spec, address=args.address, progress=not args.no_progress)
+        summary = run_sweep(spec, address=args.address, progress=not args.no_progress, verbose=args.verbose)
+        table = sweep_results(spec, summary.sweep_id)
     except StoreError as err:
         print(f"streamkv sweep: the results store is not usable: {err}\n"
               "Check --db / store.url (for PostgreSQL: is the server up and reachable from here, "
@@ -95,6 +113,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nstreamkv sweep: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    print(f"\nresults of {summary.sweep_id} (from the store, over all its stored units):\n{table}")
     report(summary)
     return 1 if summary.failed else 0
 

@@ -1,5 +1,6 @@
 """Cluster tests: one local Ray per test module (2 CPUs, 2 fake GPUs), tiny-random-llama specs
-writing to a per-test SQLite file, and a helper that stops a Ray head by its processes' ids."""
+writing to a per-test SQLite file, a helper that stops a Ray head by its processes' ids, and
+one that reads the rows of a printed results table."""
 
 from __future__ import annotations
 
@@ -73,6 +74,22 @@ def stop_processes(predicate) -> None:
             pass
 
 
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The rows of the results table in `text` (`cluster.progress.results_table`): label -> cells.
+    The table starts after its "-----" rule and ends at its legend."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1
+    rows = {}
+    for line in lines[start:]:
+        if not line.strip() or line.startswith("task cells"):
+            break
+        if line.startswith("  "):  # a wrapped label's continuation
+            continue
+        label = line[:line.index("  ")]
+        rows[label] = line[len(label):].split()
+    return rows
+
+
 @pytest.fixture
 def make_tiny_spec(store_paths):
     return lambda **changes: tiny_spec(store_paths, **changes)
@@ -83,4 +100,4 @@ def helpers():
     import types
 
     return types.SimpleNamespace(REPO=REPO, TINY=TINY, tiny_spec=tiny_spec, db_rows=db_rows,
-                                 stop_processes=stop_processes)
+                                 stop_processes=stop_processes, table_rows=table_rows)

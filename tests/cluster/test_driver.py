@@ -91,7 +91,7 @@ def test_bad_source_fails_after_max_attempts_others_succeed(local_ray, tmp_path,
     bad = tmp_path / "narrativeqa.jsonl"
     bad.write_text('{"this is": "not a LongBench row"}\nnot even json\n')
     spec = apply_overrides(parse_spec({
-        "name": "bad-source", "models": ["tiny-random-llama"], "baselines": ["streamkv-4"],
+        "name": "bad-source", "models": ["tiny-random-llama"], "presets": ["streamkv-4"],
         "datasets": [{"task": "narrativeqa", "source": str(bad)},
                      {"task": "wikitext2_ppl", "context_length": 640, "limit": 1}],
         "shards": 1, "max_attempts": 2, "generation": {"max_length": 256},
