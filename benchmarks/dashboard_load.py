@@ -18,6 +18,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from sqlalchemy import bindparam, insert, select, update
@@ -37,7 +38,7 @@ from store import (
 )
 from store import queries as q
 from store.repository import _summary_row, results_t, summaries_t, units_t
-from streamkv.config import CompressionConfig, baseline
+from streamkv.hashing import content_id
 
 SWEEP = "bench"
 MODEL = "smollm2-135m"
@@ -45,15 +46,26 @@ TASKS = ("qa", "summary", "code", "math")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def configs() -> list[CompressionConfig]:
-    grid = [CompressionConfig(key_bits_normal=b, value_bits_normal=b, ema_decay=d, chunk_size=c)
+Config = dict[str, Any]
+
+
+def config(method: str, chunk_size: int | None = 512, **fields: Any) -> Config:
+    """A config as workers hand it to the store: plain JSON, the common fields first."""
+    return {"method": method, "chunk_size": chunk_size, "quantize_current_chunk": False,
+            **fields}
+
+
+def configs() -> list[Config]:
+    grid = [config("streamkv", c, key_bits_normal=b, value_bits_normal=b, ema_decay=d)
             for b, d, c in itertools.product((2, 3, 4), (0.8, 0.9, 0.95, 0.99),
                                              (128, 256, 512, 1024))]
-    return [baseline("none"), baseline("int8"), *grid]  # 50 configs
+    none = config("none")
+    int8 = config("int8", key_bits_normal=8, value_bits_normal=8)
+    return [none, int8, *grid]  # 50 configs
 
 
-def result(key: UnitKey, cfg: CompressionConfig, i: int, traces: bool) -> UnitResult:
-    bits = float(cfg.key_bits_normal) + 0.25
+def result(key: UnitKey, cfg: Config, i: int, traces: bool) -> UnitResult:
+    bits = float(cfg["key_bits_normal"] if "key_bits_normal" in cfg else 16) + 0.25
     tables = {}
     if traces:
         n = 64
@@ -64,7 +76,7 @@ def result(key: UnitKey, cfg: CompressionConfig, i: int, traces: bool) -> UnitRe
             "statistic": [float(j + i) for j in range(n)], "head_median": [1.0] * n,
             "head_max": [float(n + i)] * n})
     return UnitResult(
-        key=key, config=cfg.to_dict(), method=cfg.method,
+        key=key, config=cfg, method=cfg["method"],
         metrics={"score": 0.5 + (i % 97) / 400 - (16 - bits) / 100, "perplexity": 9 + bits / 10,
                  "kl": 0.01, "top1_agreement": 0.97},
         n_samples=8, avg_key_bits=bits, avg_value_bits=bits, compression_ratio=16 / bits,
@@ -78,10 +90,10 @@ def fill(root: Path, n_units: int, n_blob_units: int) -> str:
     engine, blobs = create_store_engine(url), BlobStore(root / "blobs")
     cfgs = configs()
     shards = max(1, n_units // (len(cfgs) * len(TASKS)))
-    keys = [(UnitKey(SWEEP, MODEL, c.config_id, t, f"{s}/{shards}"), c)
+    keys = [(UnitKey(SWEEP, MODEL, content_id(c), t, f"{s}/{shards}"), c)
             for c in cfgs for t in TASKS for s in range(shards)][:n_units]
     register_sweep(engine, SWEEP, "dashboard load benchmark", {}, [k for k, _ in keys],
-                   [c.to_dict() for c in cfgs])
+                   cfgs)
     for i, (key, cfg) in enumerate(keys[:n_blob_units]):
         write_unit_result(engine, blobs, result(key, cfg, i, traces=True))
     rest = keys[n_blob_units:]

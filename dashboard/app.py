@@ -99,7 +99,8 @@ def qp_multi(label: str, name: str, options: Sequence[Any], state: dict[str, Any
 # --- views ------------------------------------------------------------------------------------
 def tooltip(fields: Sequence[str]) -> list[alt.Tooltip]:
     return [alt.Tooltip("config_id:N", title="config"), alt.Tooltip("method:N"),
-            *[alt.Tooltip(f"{f}:N") for f in fields if f != "method"],
+            # field= rather than "name:N": a method's field name is not ours to parse
+            *[alt.Tooltip(field=f, type="nominal") for f in fields if f != "method"],
             alt.Tooltip("y:Q", title="value", format=".4f")]
 
 

@@ -17,7 +17,6 @@ from sqlalchemy.engine import Engine
 
 from store import BlobStore, UnitKey
 from store import queries as q
-from store.schema import VIEW_CONFIG_COLUMNS
 
 # metric -> (axis title with units, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -38,15 +37,15 @@ FILTER_BASICS: tuple[str, ...] = ("model_id", "task", "method")
 # --- store reads (thin; cached by app.py) -----------------------------------------------------
 @dataclass
 class SweepData:
+    # Both with config_json and one column per config field (store.queries.expand_config).
     results: pd.DataFrame  # v_unit_results rows of the sweep (one per finished unit)
-    task_scores: pd.DataFrame  # v_task_scores rows joined with every config column
+    task_scores: pd.DataFrame  # v_task_scores rows of the sweep
 
 
 def load_sweep_data(engine: Engine, sweep_id: str) -> SweepData:
     """What the first view needs: unit results and per-task scores of one sweep."""
-    results = q.result_frame(engine, sweep_id=sweep_id)
-    scores = q.baseline_deltas(engine, sweep_id=sweep_id)
-    return SweepData(results=results, task_scores=with_config_columns(scores, results))
+    return SweepData(results=q.result_frame(engine, sweep_id=sweep_id),
+                     task_scores=q.baseline_deltas(engine, sweep_id=sweep_id))
 
 
 def load_health(engine: Engine, sweep_id: str, freq: str = "5min") -> dict[str, pd.DataFrame]:
@@ -61,23 +60,12 @@ def load_unit_traces(engine: Engine, blobs: BlobStore, key: UnitKey) -> dict[str
 
 
 # --- filters ----------------------------------------------------------------------------------
-def config_table(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per config_id with its config columns."""
-    cols = ["config_id", *[c for c in VIEW_CONFIG_COLUMNS if c in results.columns]]
-    return results[cols].drop_duplicates("config_id").reset_index(drop=True)
-
-
-def with_config_columns(task_scores: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
-    """v_task_scores rows with every config column (the view has only a few)."""
-    configs = config_table(results)
-    extra = [c for c in configs.columns if c == "config_id" or c not in task_scores.columns]
-    return task_scores.merge(configs[extra], on="config_id", how="left")
-
-
-def varying_fields(frame: pd.DataFrame, candidates: Sequence[str] = VIEW_CONFIG_COLUMNS) -> list[str]:
-    """Config columns with more than one distinct value (NULL counts as a value)."""
-    return [c for c in candidates if c in frame.columns
-            and frame[c].astype("object").nunique(dropna=False) > 1]
+def varying_fields(frame: pd.DataFrame, candidates: Sequence[str] | None = None) -> list[str]:
+    """Config fields (default: every config field column of the frame, whatever the method)
+    with more than one distinct value; NULL, i.e. a config without the field, counts as one."""
+    names = q.config_columns(frame) if candidates is None else candidates
+    return [c for c in names if c in frame.columns
+            and frame[c].astype("object").map(value_label).nunique() > 1]
 
 
 def options_of(frame: pd.DataFrame, column: str) -> list[Any]:
@@ -87,8 +75,13 @@ def options_of(frame: pd.DataFrame, column: str) -> list[Any]:
     return present + ([None] if None in values else [])
 
 
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def value_label(value: Any) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    """How a filter shows a value (and writes it to the URL): "—" for a missing one."""
+    return "—" if _missing(value) else str(value)
 
 
 def parse_labels(labels: Sequence[str], options: Sequence[Any]) -> list[Any]:
@@ -165,7 +158,8 @@ def ablation_table(task_scores: pd.DataFrame, axis: str, fields: Sequence[str] =
     out["avg score"] = out[[f"{t} score" for t in tasks]].mean(axis=1)
     out["avg delta"] = out[[f"{t} delta" for t in tasks]].mean(axis=1)
     out = out.reset_index()
-    order = out[axis].map(lambda v: (v is None, str(type(v)), v if v is not None else 0))
+    # Missing values (None, or the NaN groupby turns them into) last; NaN would not sort.
+    order = out[axis].map(lambda v: (_missing(v), str(type(v)), 0 if _missing(v) else v))
     return out.iloc[sorted(range(len(out)), key=lambda i: (order.iloc[i], out["config_id"].iloc[i]))
                     ].reset_index(drop=True)
 

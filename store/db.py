@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, QueuePool
 
-from .schema import CONFIG_FIELDS, Base
+from .schema import Base
 
 DEFAULT_URL = "sqlite:///results/streamkv.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -46,7 +46,7 @@ class StoreConnectionError(StoreError):
 
 
 class SchemaVersionError(StoreError):
-    """The database schema is ahead of / unknown to this code, or misses columns."""
+    """The database schema is ahead of / unknown to this code, or was not made by it."""
 
 
 class ReadOnlyQueryError(StoreError):
@@ -202,45 +202,71 @@ def upgrade(url: str | URL | None = None) -> None:
 def ensure_schema(engine: Engine) -> None:
     """Brings the database to the latest revision, or fails if it is ahead of this code.
 
-    Runs inside one transaction holding a lock (BEGIN IMMEDIATE on SQLite, an advisory lock on
-    PostgreSQL) so that many workers starting at once migrate exactly once.
+    A database older than the code (an earlier revision, e.g. one written by the 0001 release)
+    is migrated here, on first use. Runs inside one transaction holding a lock (BEGIN IMMEDIATE
+    on SQLite, an advisory lock on PostgreSQL) so that many workers starting at once migrate
+    exactly once.
     """
     cfg = alembic_config()
     script = ScriptDirectory.from_config(cfg)
     head = script.get_current_head()
-    with connect(engine) as conn, conn.begin():
+    with connect(engine) as conn, _sqlite_foreign_keys_off(conn), conn.begin():
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
         current = MigrationContext.configure(conn).get_current_revision()
         if current != head:
-            if current is None:
-                ours = set(inspect(conn).get_table_names()) & set(Base.metadata.tables)
-                if ours:
-                    raise SchemaVersionError(
-                        f"{safe_url(engine.url)} has store tables {sorted(ours)} but no Alembic "
-                        "revision; it was not created by store migrations (stamp or recreate it)"
-                    )
-            else:
-                try:
-                    script.get_revision(current)
-                except CommandError as exc:
-                    raise SchemaVersionError(
-                        f"{safe_url(engine.url)} is at schema revision {current!r}, unknown to "
-                        f"this code (head {head!r}): the database is newer, update streamkv"
-                    ) from exc
+            _check_revision(conn, script, current, head)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-        _check_config_columns(conn)
+            _check_foreign_keys(conn)
 
 
-def _check_config_columns(conn: Connection) -> None:
-    have = {c["name"] for c in inspect(conn).get_columns("configs")}
-    missing = [name for name in CONFIG_FIELDS if name not in have]
-    if missing:
+@contextmanager
+def _sqlite_foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """SQLite's procedure for rebuilding a table (batch migrations): foreign keys off around
+    the transaction, since the pragma is a no-op inside one, and a DROP of a referenced table
+    would fail (or leave a deferred violation behind even though the rebuilt table has every
+    row). `_check_foreign_keys` re-checks before the commit."""
+    raw = conn.connection.dbapi_connection
+    if conn.dialect.name != "sqlite" or raw is None:
+        yield
+        return
+    raw.execute("PRAGMA foreign_keys = OFF")  # autocommit connection: runs outside BEGIN
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")  # the connection goes back to the pool
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    if conn.dialect.name != "sqlite":
+        return  # PostgreSQL checked every statement of the migration
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
         raise SchemaVersionError(
-            f"configs table has no column for CompressionConfig field(s) {missing}; "
-            "add an Alembic migration under store/migrations/versions"
-        )
+            f"{safe_url(conn.engine.url)}: after the migration rows have dangling foreign keys "
+            f"(table, rowid, parent, fk): {broken[:5]}; rolled back, the database is unchanged")
+
+
+def _check_revision(conn: Connection, script: ScriptDirectory, current: str | None,
+                    head: str | None) -> None:
+    """SchemaVersionError unless `current` is an older revision of ours (or an empty database)."""
+    where = safe_url(conn.engine.url)
+    if current is None:
+        ours = set(inspect(conn).get_table_names()) & set(Base.metadata.tables)
+        if ours:
+            raise SchemaVersionError(
+                f"{where} has store tables {sorted(ours)} but no Alembic "
+                "revision; it was not created by store migrations (stamp or recreate it)"
+            )
+        return
+    try:
+        script.get_revision(current)
+    except CommandError as exc:
+        raise SchemaVersionError(
+            f"{where} is at schema revision {current!r}, unknown to "
+            f"this code (head {head!r}): the database is newer, update streamkv"
+        ) from exc
 
 
 # --- read-only access -------------------------------------------------------------------------

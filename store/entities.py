@@ -48,7 +48,9 @@ class UnitResult:
     """Everything a worker produced for one unit; written atomically by `write_unit_result`."""
 
     key: UnitKey
-    config: dict[str, Any]  # CompressionConfig.to_dict()
+    # {"method", "chunk_size", "quantize_current_chunk", ...the method's own fields}: plain JSON
+    # values; key.config_id must be streamkv.hashing.content_id(config).
+    config: dict[str, Any]
     method: str
     metrics: dict[str, float]  # "score", "perplexity", "kl", "top1_agreement", ...
     n_samples: int

@@ -2,11 +2,17 @@
 
 All SQL is built from SQLAlchemy constructs with bound parameters; user-supplied filter names
 are checked against the known column names, never pasted into SQL.
+
+The store knows no compression method's fields: frames read from the views carry each row's
+config_json (a dict) and one column per key found in them (`expand_config`), filled with the
+JSON values as they are (None where a config lacks the key). Filters on such a field run in
+pandas after the SQL ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -18,6 +24,7 @@ from .blobs import BlobStore
 from .db import read_connection
 from .entities import BlobRef, SampleRow, SweepRecord, UnitKey, UnitRecord, UnitResult
 from .repository import (
+    COMMON_CONFIG_FIELDS,
     KEY_COLUMNS,
     blobs_t,
     configs_t,
@@ -32,9 +39,15 @@ from .schema import UtcDateTime, v_task_scores, v_unit_results
 
 FilterValues = Any  # a scalar or an iterable of allowed values (None matches NULL)
 
-# Columns of v_unit_results that `result_frame(filters=...)` accepts.
-RESULT_FILTER_COLUMNS: frozenset[str] = frozenset(v_unit_results.c.keys())
-TASK_SCORE_FILTER_COLUMNS: frozenset[str] = frozenset(v_task_scores.c.keys())
+CONFIG_JSON = "config_json"
+# View columns that `result_frame` / `baseline_deltas(filters=...)` filter on in SQL; any other
+# name must be a config field column (see `config_field_column`).
+RESULT_FILTER_COLUMNS: frozenset[str] = frozenset(v_unit_results.c.keys()) - {CONFIG_JSON}
+TASK_SCORE_FILTER_COLUMNS: frozenset[str] = frozenset(v_task_scores.c.keys()) - {CONFIG_JSON}
+# Names a config field cannot take as a column: it would overwrite a view column.
+_TAKEN_COLUMNS: frozenset[str] = (
+    frozenset(v_unit_results.c.keys()) | frozenset(v_task_scores.c.keys())
+) - frozenset(COMMON_CONFIG_FIELDS)
 
 
 def _frame(engine: Engine, stmt: Select[Any]) -> pd.DataFrame:
@@ -81,6 +94,102 @@ def _common(sweep_id: FilterValues, models: FilterValues, tasks: FilterValues,
             methods: FilterValues) -> dict[str, FilterValues]:
     named = {"sweep_id": sweep_id, "model_id": models, "task": tasks, "method": methods}
     return {k: v for k, v in named.items() if v is not None}
+
+
+# --- config fields (keys of config_json) as columns ------------------------------------------
+def config_field_column(key: str) -> str:
+    """The frame column of config field `key`: the key itself, or `config_<key>` when a view
+    column has that name (a method's field called e.g. "score" must not hide the score)."""
+    return f"config_{key}" if key in _TAKEN_COLUMNS else key
+
+
+def _field_keys(configs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every key of `configs`: the common fields first, then the others sorted (PostgreSQL's
+    JSONB does not keep key order, so first-seen order would differ between dialects)."""
+    keys = {k for c in configs for k in c}
+    common = [k for k in COMMON_CONFIG_FIELDS if k in keys]
+    return common + sorted(keys - set(common))
+
+
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The config field columns of a frame from `result_frame` / `baseline_deltas`."""
+    if CONFIG_JSON not in frame.columns:
+        return []
+    return [config_field_column(k) for k in _field_keys(_configs_of(frame))
+            if config_field_column(k) in frame.columns]
+
+
+def _configs_of(frame: pd.DataFrame) -> list[Mapping[str, Any]]:
+    return [c if isinstance(c, Mapping) else {} for c in frame[CONFIG_JSON]]
+
+
+def _cell(value: Any) -> Any:
+    # Lists / objects as compact JSON text: a cell must be hashable to filter and group on.
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return value
+
+
+def _field_series(values: list[Any], index: pd.Index) -> pd.Series:
+    """JSON values unchanged; a column without gaps gets its natural dtype (int64, bool...),
+    one with gaps stays object so 4 stays 4 next to None instead of becoming 4.0 next to NaN."""
+    series = pd.Series(values, index=index, dtype="object")
+    return series if series.isna().any() else series.infer_objects()
+
+
+def expand_config(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` plus one column per config_json key (method, chunk_size and
+    quantize_current_chunk are already columns of the views)."""
+    if CONFIG_JSON not in frame.columns:
+        return frame
+    configs = _configs_of(frame)
+    columns = {config_field_column(k): _field_series([_cell(c.get(k)) for c in configs],
+                                                     frame.index)
+               for k in _field_keys(configs) if config_field_column(k) not in frame.columns}
+    return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
+
+
+def _stored_config_columns(engine: Engine) -> set[str]:
+    with read_connection(engine) as conn:
+        configs = list(conn.scalars(select(configs_t.c.config_json)))
+    return {config_field_column(k) for k in _field_keys(configs)}
+
+
+def _split_filters(engine: Engine, filters: Mapping[str, FilterValues],
+                   sql_columns: frozenset[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(view-column filters, config-field filters); a name that is neither raises ValueError."""
+    sql = {k: v for k, v in filters.items() if k in sql_columns}
+    fields = {k: v for k, v in filters.items() if k not in sql_columns}
+    unknown = sorted(set(fields) - _stored_config_columns(engine)) if fields else []
+    if unknown:
+        raise ValueError(f"unknown filter column(s) {unknown}: neither a view column "
+                         f"({sorted(sql_columns)}) nor a field of a stored config")
+    return sql, fields
+
+
+def _field_mask(column: pd.Series, value: FilterValues) -> pd.Series:
+    """Pandas twin of `_where`: the value is one of the allowed ones; None matches a gap."""
+    allowed = _values(value)
+    non_null = [v for v in allowed if v is not None]
+    gaps = column.isna()
+    hits = column.astype("object").where(~gaps, None).map(
+        lambda v: v is not None and any(v == a for a in non_null))
+    return hits | gaps if len(non_null) < len(allowed) else hits
+
+
+def _filter_fields(frame: pd.DataFrame, filters: Mapping[str, FilterValues]) -> pd.DataFrame:
+    for name, value in filters.items():
+        column = frame[name] if name in frame.columns else pd.Series(None, index=frame.index)
+        frame = frame[_field_mask(column, value).astype(bool)]
+    return frame.reset_index(drop=True)
+
+
+def _view_frame(engine: Engine, view: Table, sql_columns: frozenset[str],
+                filters: Mapping[str, FilterValues], order: Sequence[str]) -> pd.DataFrame:
+    sql, fields = _split_filters(engine, filters, sql_columns)
+    stmt = (select(view).where(*_where(view, sql, sql_columns))
+            .order_by(*(view.c[name] for name in order)))
+    return _filter_fields(expand_config(_frame(engine, stmt)), fields)
 
 
 # --- sweeps and units -------------------------------------------------------------------------
@@ -171,27 +280,23 @@ def throughput(engine: Engine, sweep_id: str | None = None, freq: str = "5min") 
 def result_frame(engine: Engine, sweep_id: FilterValues = None, models: FilterValues = None,
                  tasks: FilterValues = None, methods: FilterValues = None,
                  filters: Mapping[str, FilterValues] | None = None) -> pd.DataFrame:
-    """Rows of v_unit_results (one per finished unit), filtered by sweep/model/task/method and
-    by `filters`: column name -> allowed value(s), e.g. {"key_bits_normal": [2, 4]}."""
-    conds = _where(v_unit_results, {**_common(sweep_id, models, tasks, methods),
-                                    **(filters or {})}, RESULT_FILTER_COLUMNS)
-    stmt = (select(v_unit_results).where(*conds)
-            .order_by(v_unit_results.c.sweep_id, v_unit_results.c.model_id,
-                      v_unit_results.c.config_id, v_unit_results.c.task, v_unit_results.c.shard))
-    return _frame(engine, stmt)
+    """Rows of v_unit_results (one per finished unit) with one column per config field,
+    filtered by sweep/model/task/method and by `filters`: column or config field name ->
+    allowed value(s), e.g. {"shard": "0/2", "key_bits_normal": [2, 4]}."""
+    return _view_frame(engine, v_unit_results, RESULT_FILTER_COLUMNS,
+                       {**_common(sweep_id, models, tasks, methods), **(filters or {})},
+                       ("sweep_id", "model_id", "config_id", "task", "shard"))
 
 
 def baseline_deltas(engine: Engine, sweep_id: FilterValues = None, models: FilterValues = None,
                     tasks: FilterValues = None, methods: FilterValues = None,
                     filters: Mapping[str, FilterValues] | None = None) -> pd.DataFrame:
     """Rows of v_task_scores: per sweep x model x config x task, shards aggregated (weighted by
-    n_samples), with baseline_score and score_delta against method='none'."""
-    conds = _where(v_task_scores, {**_common(sweep_id, models, tasks, methods),
-                                   **(filters or {})}, TASK_SCORE_FILTER_COLUMNS)
-    stmt = (select(v_task_scores).where(*conds)
-            .order_by(v_task_scores.c.sweep_id, v_task_scores.c.model_id,
-                      v_task_scores.c.task, v_task_scores.c.config_id))
-    return _frame(engine, stmt)
+    n_samples), with baseline_score and score_delta against method='none', and one column
+    per config field; `filters` as in `result_frame`."""
+    return _view_frame(engine, v_task_scores, TASK_SCORE_FILTER_COLUMNS,
+                       {**_common(sweep_id, models, tasks, methods), **(filters or {})},
+                       ("sweep_id", "model_id", "task", "config_id"))
 
 
 def metric_frame(engine: Engine, sweep_id: str, metrics: FilterValues = None) -> pd.DataFrame:

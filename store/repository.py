@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from streamkv.config import CompressionConfig
+from streamkv.hashing import content_id
 
 from .blobs import BlobStore
 from .db import read_connection, session_scope
@@ -98,11 +98,67 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def config_row(config: dict[str, Any]) -> dict[str, Any]:
-    """The configs row of a `CompressionConfig.to_dict()` (validated, id recomputed)."""
-    cfg = CompressionConfig.from_dict(dict(config))
-    fields = cfg.to_dict()
-    return {"config_id": cfg.config_id, **fields, "config_json": jsonable(fields)}
+# The fields every method has; the store knows no other (they live in config_json only).
+COMMON_CONFIG_FIELDS: tuple[str, ...] = ("method", "chunk_size", "quantize_current_chunk")
+
+
+def _config_value_problem(path: str, value: Any) -> str | None:
+    """Why `value` cannot be stored as JSON unchanged (None if it can)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path}={value!r} is not finite"
+    if isinstance(value, (list, tuple)):
+        return next((p for i, v in enumerate(value)
+                     if (p := _config_value_problem(f"{path}[{i}]", v))), None)
+    if isinstance(value, Mapping):
+        return _config_mapping_problem(path, value)
+    return f"{path}={value!r} ({type(value).__name__}) is not a JSON value"
+
+
+def _config_mapping_problem(path: str, config: Mapping[Any, Any]) -> str | None:
+    for key, value in config.items():
+        if not isinstance(key, str):
+            return f"{path} has a non-string key {key!r}"
+        if problem := _config_value_problem(f"{path}.{key}" if path else key, value):
+            return problem
+    return None
+
+
+def _common_field_problem(config: Mapping[str, Any]) -> str | None:
+    method, chunk = config.get("method"), config.get("chunk_size")
+    if not isinstance(method, str) or not method:
+        return f"config['method']={method!r} must be a non-empty string"
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        return f"config['chunk_size']={chunk!r} must be None or an integer >= 1"
+    quantize = config.get("quantize_current_chunk")
+    if quantize is not None and not isinstance(quantize, bool):
+        return f"config['quantize_current_chunk']={quantize!r} must be true or false"
+    return None
+
+
+def check_config(config: Any) -> dict[str, Any]:
+    """`config` as a plain dict after checking what the store relies on; ValueError otherwise.
+
+    A config is {"method": non-empty str, "chunk_size": None | int >= 1,
+    "quantize_current_chunk": bool, ...the method's own fields}, all JSON values (finite
+    floats, string keys); a missing chunk_size / quantize_current_chunk is stored as NULL.
+    Nothing is converted: the stored config_json must hash to the config_id the caller
+    computed.
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a mapping, got {type(config).__name__}")
+    problem = _common_field_problem(config) or _config_mapping_problem("", config)
+    if problem:
+        raise ValueError(f"invalid config {dict(config)!r}: {problem}")
+    return dict(config)
+
+
+def config_row(config: Any) -> dict[str, Any]:
+    """The configs row of a config dict (checked by `check_config`; id = content_id)."""
+    fields = check_config(config)
+    common = {name: fields.get(name) for name in COMMON_CONFIG_FIELDS}
+    return {"config_id": content_id(fields), **common, "config_json": fields}
 
 
 def check_unit_key(key: UnitKey) -> None:
@@ -257,8 +313,9 @@ def _check_result(result: UnitResult) -> dict[str, Any]:
     check_unit_key(result.key)
     crow = config_row(result.config)
     if crow["config_id"] != result.key.config_id:
-        raise ValueError(f"result.config has config_id {crow['config_id']!r} but the unit key "
-                         f"says {result.key.config_id!r}")
+        raise ValueError(f"result.config hashes to config_id {crow['config_id']!r} "
+                         f"(streamkv.hashing.content_id) but the unit key says "
+                         f"{result.key.config_id!r}: key and config describe different configs")
     ids = [s.sample_id for s in result.samples]
     if len(ids) != len(set(ids)):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]

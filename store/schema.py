@@ -6,11 +6,22 @@ sweeps         one row per sweep.
   sweep_id (PK), name, spec (JSON: the sweep's full specification), created_by,
   created_at, status (running | done | failed | cancelled), finished_at.
 
-configs        one row per distinct CompressionConfig.
-  config_id (PK: `CompressionConfig.config_id`, a 12-hex content hash), one column per
-  CompressionConfig field with the field's name (method, chunk_size, ema_decay,
-  attention_sink_size, key_bits_normal, ...; NULL = the config was stored before the field
-  existed), config_json (the full `to_dict()`, the source of truth).
+configs        one row per distinct compression config, of any method (built-in or
+  registered at run time); the store knows no method's fields.
+  config_id (PK: a 12-hex content hash of the config, `streamkv.hashing.content_id`),
+  method, chunk_size (NULL = the method does not chunk its prefill), quantize_current_chunk
+  (the fields every method has, as columns for joins and GROUP BY), config_json (the whole
+  config as the worker gave it: the source of truth; content_id(config_json) == config_id).
+  A method's own fields are keys of config_json; read them with `->>`, which SQLite >= 3.38
+  and PostgreSQL both understand, e.g.
+
+      SELECT config_id FROM configs WHERE CAST(config_json->>'key_bits_normal' AS INTEGER) = 2
+
+  `->>` returns an SQL value on SQLite (JSON numbers as INTEGER/REAL, true/false as 1/0,
+  strings as TEXT, null as NULL) but always TEXT on PostgreSQL ('4', '0.9', 'true', 'false';
+  JSON null as NULL). CAST(... AS INTEGER | REAL | BOOLEAN) gives the same value on both:
+  `CAST(config_json->>'sink_protection' AS BOOLEAN) = TRUE` (1 = 1 on SQLite, true on
+  PostgreSQL). A key that a config lacks reads as NULL.
 
 units          one row per unit of work = (sweep_id, model_id, config_id, task, shard).
   unit_id (PK, surrogate), sweep_id (FK sweeps), model_id, config_id (FK configs), task,
@@ -36,16 +47,15 @@ blobs          one row per (unit_id, kind): a Parquet trace table in the blob st
   uri (relative to the blob root: <kind>/<sha[:2]>/<sha>.parquet), sha256 (of the file),
   bytes, row_count, schema_json (the Arrow schema), created_at.
 
-Views (created by the migrations, see VIEW_COLUMNS): v_unit_results (one row per finished
-unit with the config fields that matter), v_task_scores (per sweep x model x config x task,
-aggregated over shards weighted by n_samples, with score_delta against method='none').
+Views (created by the migrations, typed in views_metadata): v_unit_results (one row per finished
+unit with method, chunk_size, quantize_current_chunk and config_json of its config),
+v_task_scores (per sweep x model x config x task, aggregated over shards weighted by
+n_samples, same config columns, with baseline_score / score_delta against the method='none'
+configs of the same sweep, model and task, whatever their chunk_size).
 """
 
 from __future__ import annotations
 
-import types
-import typing
-from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -68,8 +78,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
-
-from streamkv.config import CompressionConfig
 
 from .entities import SWEEP_STATUSES, UNIT_STATUSES
 
@@ -123,50 +131,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-# --- configs: one column per CompressionConfig field, derived from the dataclass -------------
-def _column_type(name: str, hint: Any) -> Any:
-    """SQL type of a config field. Unknown types fail at import so no field is dropped silently."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return _column_type(name, args[0])
-    if origin is typing.Literal:
-        return String(64)
-    if hint is bool:
-        return Boolean()
-    if hint is int:
-        return Integer()
-    if hint is float:
-        return Double()
-    if hint is str:
-        return Text()
-    raise TypeError(
-        f"CompressionConfig.{name} has type {hint!r}, which store.schema cannot map to a "
-        "column; extend store.schema._column_type and add an Alembic migration"
-    )
-
-
-def config_field_columns() -> list[tuple[str, Any]]:
-    """(name, SQL type) of every CompressionConfig field, in dataclass order."""
-    hints = typing.get_type_hints(CompressionConfig)
-    return [(f.name, _column_type(f.name, hints[f.name])) for f in fields(CompressionConfig)]
-
-
-CONFIG_FIELDS: tuple[str, ...] = tuple(name for name, _ in config_field_columns())
-
-configs_table = Table(
-    "configs",
-    Base.metadata,
-    Column("config_id", String(64), primary_key=True),
-    # Nullable: a field added later has no value for configs stored before it existed.
-    *(Column(name, type_, nullable=True) for name, type_ in config_field_columns()),
-    Column("config_json", JsonType, nullable=False),
-)
-
-
+# --- configs: the common fields as columns, everything in config_json -------------------------
 class ConfigRow(Base):
-    __table__ = configs_table
+    __tablename__ = "configs"
+
+    config_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(64))
+    # The fields every method has, copied out of config_json for joins and GROUP BY. Nullable:
+    # chunk_size None = no chunked prefill; the store checks their types, not their presence.
+    chunk_size: Mapped[int | None] = mapped_column(Integer)
+    quantize_current_chunk: Mapped[bool | None] = mapped_column(Boolean)
+    config_json: Mapped[dict[str, Any]] = mapped_column(JsonType)
 
 
 class SweepRow(Base):
@@ -287,20 +262,16 @@ SUMMARY_METRICS: tuple[str, ...] = ("score", "perplexity", "kl", "top1_agreement
 # --- views ------------------------------------------------------------------------------------
 # The SQL lives in the migrations (views are schema); these typed column lists let queries
 # select from them with bound parameters and proper result types. A test checks they match.
-VIEW_CONFIG_COLUMNS: tuple[str, ...] = (
-    "method", "key_bits_normal", "value_bits_normal", "key_bits_sink_outlier",
-    "value_bits_sink_outlier", "chunk_size", "ema_decay", "attention_sink_size",
-    "outlier_threshold_relative", "outlier_threshold_abs", "value_quant_groups", "group_size",
-    "residual_length", "pre_rope_keys", "sink_protection", "outlier_detection", "statistics",
-    "range_mode", "quantize_current_chunk",
-)
+# The config columns of both views; a method's own fields are keys of config_json.
+VIEW_CONFIG_COLUMNS: tuple[str, ...] = ("method", "chunk_size", "quantize_current_chunk",
+                                        "config_json")
 
 views_metadata = MetaData()  # separate: create_all / autogenerate must never treat them as tables
 
 
 def _config_view_columns() -> list[Column[Any]]:
-    types_ = dict(config_field_columns())
-    return [Column(name, types_[name]) for name in VIEW_CONFIG_COLUMNS]
+    return [Column("method", String), Column("chunk_size", Integer),
+            Column("quantize_current_chunk", Boolean), Column("config_json", JsonType)]
 
 
 v_unit_results = Table(
@@ -340,9 +311,7 @@ v_task_scores = Table(
     Column("sweep_id", String),
     Column("model_id", String),
     Column("config_id", String),
-    Column("method", String),
-    Column("key_bits_normal", Integer),
-    Column("value_bits_normal", Integer),
+    *_config_view_columns(),
     Column("task", String),
     Column("n_shards", Integer),
     Column("n_samples", Integer),

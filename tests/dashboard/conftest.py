@@ -4,6 +4,8 @@ Sweep "sw-demo" ("KV ablation demo"): 5 done configs (none baseline, streamkv-4,
 streamkv-4 without sink protection, streamkv-4 without outlier detection) x 2 tasks x 2 shards,
 with metrics, trace blobs (outlier_channels + layer_summary), plus a kivi-2 config whose units
 failed (error text), one running and one pending. Sweep "sw-empty": registered, nothing run.
+Sweep "sw-toy": a method no built-in knows ("toy", field `toy_scale`) next to the baseline.
+Configs are plain dicts (`config_dict`): the dashboard reads whatever fields they have.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from store import (
     register_sweep,
     write_unit_result,
 )
-from streamkv.config import baseline
+from tests.store.conftest import cid, config_dict
 
 SWEEP_ID = "sw-demo"
 SWEEP_NAME = "KV ablation demo"
@@ -40,14 +42,25 @@ TASKS = ("qa", "summary")
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 FAIL_TEXT = "RuntimeError: CUDA out of memory while quantizing layer 7"
 
+
+
+def streamkv(bits: int = 4, **fields: Any) -> dict[str, Any]:
+    """A streamkv-shaped config dict (the fields the dashboard tests vary)."""
+    return config_dict("streamkv", **{
+        "key_bits_normal": bits, "value_bits_normal": bits,
+        "value_quant_groups": 1 if bits >= 4 else 4, "sink_protection": True,
+        "outlier_detection": True, **fields})
+
+
 CONFIGS = {
-    "none": baseline("none"),
-    "skv4": baseline("streamkv-4"),
-    "skv2": baseline("streamkv-2"),
-    "skv4_nosink": baseline("streamkv-4", sink_protection=False),
-    "skv4_noout": baseline("streamkv-4", outlier_detection=False),
+    "none": config_dict("none"),
+    "skv4": streamkv(4),
+    "skv2": streamkv(2),
+    "skv4_nosink": streamkv(4, sink_protection=False),
+    "skv4_noout": streamkv(4, outlier_detection=False),
 }
-FAILING = baseline("kivi-2")
+FAILING = config_dict("kivi", key_bits_normal=2, value_bits_normal=2, group_size=32,
+                      residual_length=128)
 # name -> (qa score, summary score, avg bits (key = value), compression ratio)
 SCORES: dict[str, tuple[float, float, float, float]] = {
     "none": (0.80, 0.60, 16.0, 1.0),
@@ -56,6 +69,12 @@ SCORES: dict[str, tuple[float, float, float, float]] = {
     "skv4_nosink": (0.60, 0.50, 4.0, 3.9),
     "skv4_noout": (0.74, 0.59, 4.5, 3.5),
 }
+TOY_SWEEP_ID = "sw-toy"
+# A method registered at run time by a third party: the store and dashboard know none of it.
+TOY_CONFIGS = {f"toy{scale}": config_dict("toy", chunk_size=None, toy_scale=scale)
+               for scale in (0.5, 1.0, 2.0)}
+TOY_SCORES = {"none": (0.80, 0.60, 16.0, 1.0), "toy0.5": (0.30, 0.20, 3.0, 5.0),
+              "toy1.0": (0.50, 0.40, 4.0, 4.0), "toy2.0": (0.70, 0.60, 6.0, 2.5)}
 
 
 def trace_tables(seed: int, n_layers: int = 3, n_heads: int = 2) -> dict[str, pa.Table]:
@@ -92,22 +111,33 @@ def trace_tables(seed: int, n_layers: int = 3, n_heads: int = 2) -> dict[str, pa
 
 
 def unit_result(key: UnitKey, name: str, minute: int) -> UnitResult:
-    cfg = CONFIGS[name]
-    qa, summary, bits, ratio = SCORES[name]
+    cfg = {**CONFIGS, **TOY_CONFIGS}[name]
+    qa, summary, bits, ratio = {**SCORES, **TOY_SCORES}[name]
     score = qa if key.task == "qa" else summary
     samples = [SampleRow(f"s{i:03d}", f"pred {i}", [f"a{i}"], float(i % 2), 100 + i)
                for i in range(4)]
     return UnitResult(
-        key=key, config=cfg.to_dict(), method=cfg.method,
+        key=key, config=cfg, method=cfg["method"],
         metrics={"score": score, "perplexity": 10.0 + (16 - bits) / 4, "kl": (16 - bits) / 100,
                  "top1_agreement": 1.0 - (16 - bits) / 100},
         n_samples=4, avg_key_bits=bits, avg_value_bits=bits, kv_bytes=int(1e6 / ratio),
         fp16_kv_bytes=1_000_000, compression_ratio=ratio, outlier_ratio=0.02,
         prefill_tokens_per_s=1000.0, decode_tokens_per_s=40.0, peak_memory_bytes=2**30,
         environment={"model_id": MODEL, "git_commit": "deadbeef", "seed": 0},
-        samples=samples, traces=trace_tables(minute) if cfg.method == "streamkv" else {},
+        samples=samples, traces=trace_tables(minute) if cfg["method"] == "streamkv" else {},
         worker="worker-0", device="cpu", started_at=T0 + timedelta(minutes=minute),
         finished_at=T0 + timedelta(minutes=minute, seconds=50))
+
+
+def fill_toy_sweep(engine: Any, blobs: BlobStore) -> None:
+    """sw-toy: the baseline and three toy configs x 2 tasks, one shard each, all done."""
+    names = {"none": CONFIGS["none"], **TOY_CONFIGS}
+    keys = {(n, t): UnitKey(TOY_SWEEP_ID, MODEL, cid(c), t, "0/1") for n, c in names.items()
+            for t in TASKS}
+    register_sweep(engine, TOY_SWEEP_ID, "Toy plugin", {"tasks": list(TASKS)},
+                   list(keys.values()), list(names.values()), created_by="tests")
+    for minute, ((name, _task), key) in enumerate(keys.items()):
+        write_unit_result(engine, blobs, unit_result(key, name, 200 + minute))
 
 
 def build_store(root: Path) -> dict[str, Any]:
@@ -116,23 +146,24 @@ def build_store(root: Path) -> dict[str, Any]:
     engine = create_store_engine(db_url)
     blobs = BlobStore(blobs_uri)
     try:
+        fill_toy_sweep(engine, blobs)  # first: the newest sweep (sw-demo) is the default view
         register_sweep(engine, "sw-empty", "Nothing run yet", {"note": "empty"},
-                       [UnitKey("sw-empty", MODEL, CONFIGS["none"].config_id, "qa", "0/1")],
-                       [CONFIGS["none"].to_dict()])
+                       [UnitKey("sw-empty", MODEL, cid(CONFIGS["none"]), "qa", "0/1")],
+                       [CONFIGS["none"]])
         all_cfgs = [*CONFIGS.values(), FAILING]
-        keys = [UnitKey(SWEEP_ID, MODEL, c.config_id, t, f"{i}/2")
+        keys = [UnitKey(SWEEP_ID, MODEL, cid(c), t, f"{i}/2")
                 for c in all_cfgs for t in TASKS for i in range(2)]
-        register_sweep(engine, SWEEP_ID, SWEEP_NAME, {"tasks": list(TASKS)}, keys,
-                       [c.to_dict() for c in all_cfgs], created_by="tests")
+        register_sweep(engine, SWEEP_ID, SWEEP_NAME, {"tasks": list(TASKS)}, keys, all_cfgs,
+                       created_by="tests")
         minute = 0
         for name, cfg in CONFIGS.items():
             for task in TASKS:
                 for i in range(2):
-                    key = UnitKey(SWEEP_ID, MODEL, cfg.config_id, task, f"{i}/2")
+                    key = UnitKey(SWEEP_ID, MODEL, cid(cfg), task, f"{i}/2")
                     mark_running(engine, key, "worker-0", "cpu")
                     write_unit_result(engine, blobs, unit_result(key, name, minute))
                     minute += 3
-        fail = [UnitKey(SWEEP_ID, MODEL, FAILING.config_id, t, f"{i}/2")
+        fail = [UnitKey(SWEEP_ID, MODEL, cid(FAILING), t, f"{i}/2")
                 for t in TASKS for i in range(2)]
         for key in fail[:2]:
             mark_running(engine, key, "worker-1", "cuda:0")
@@ -141,7 +172,8 @@ def build_store(root: Path) -> dict[str, Any]:
     finally:
         engine.dispose()
     return {"db_url": db_url, "blobs_uri": blobs_uri, "sweep_id": SWEEP_ID,
-            "sweep_name": SWEEP_NAME, "configs": CONFIGS, "scores": SCORES}
+            "sweep_name": SWEEP_NAME, "configs": CONFIGS, "scores": SCORES,
+            "toy_sweep_id": TOY_SWEEP_ID}
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FAIL_TEXT, SWEEP_NAME
+from conftest import FAIL_TEXT, SWEEP_NAME, TOY_SWEEP_ID
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
@@ -63,6 +63,27 @@ def test_query_params_preselect(monkeypatch, demo_store) -> None:
     assert at.multiselect(key="f_task").value == ["summary"]
     assert metric(at, "Mean score (selection)") == "0.5340"
     assert frame_with(at, "avg delta").columns[1] == "sink_protection"
+
+
+def test_a_field_of_an_unknown_method_is_a_filter_kept_in_the_url(monkeypatch,
+                                                                  demo_store) -> None:
+    at = run_app(monkeypatch, demo_store, sweep=TOY_SWEEP_ID)
+    assert not at.exception
+    toy = at.multiselect(key="f_toy_scale")
+    assert toy.label == "Toy scale" and toy.options == ["0.5", "1.0", "2.0", "—"]
+    assert metric(at, "Mean score (selection)") == "0.5125"  # all 4 configs x 2 tasks
+    toy.set_value([2.0]).run()
+    assert not at.exception
+    assert metric(at, "Mean score (selection)") == "0.6500"  # (0.70 + 0.60) / 2
+    assert metric(at, "Configs shown") == "1"
+    assert at.query_params["toy_scale"] in ("2.0", ["2.0"])
+    assert frame_with(at, "avg delta")["avg delta"].tolist() == pytest.approx([-0.05])
+    # The URL brings the selection back, and the field is an ablation axis.
+    again = run_app(monkeypatch, demo_store, sweep=TOY_SWEEP_ID, toy_scale="0.5",
+                    axis="toy_scale")
+    assert again.multiselect(key="f_toy_scale").value == [0.5]
+    assert metric(again, "Mean score (selection)") == "0.2500"
+    assert frame_with(again, "avg delta").columns[1] == "toy_scale"
 
 
 def test_failures_show_error_text(monkeypatch, demo_store) -> None:

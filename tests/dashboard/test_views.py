@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import SCORES, SWEEP_ID
+from conftest import SCORES, SWEEP_ID, TOY_SCORES, TOY_SWEEP_ID
 
 from dashboard import views as v
 from store import readonly_engine
@@ -95,3 +95,24 @@ def test_demo_store_frames(demo_store) -> None:
     counts = v.health_summary(health["units"])
     assert (counts["done"], counts["failed"], counts["running"], counts["pending"]) == (20, 2, 1, 1)
     assert "CUDA out of memory" in v.failure_table(health["failures"])["error"].iloc[0]
+
+
+def test_fields_of_an_unknown_method_are_filters_and_ablation_axes(demo_store) -> None:
+    engine = readonly_engine(demo_store["db_url"])
+    try:
+        data = v.load_sweep_data(engine, TOY_SWEEP_ID)
+    finally:
+        engine.dispose()
+    scores = data.task_scores
+    fields = v.varying_fields(scores)
+    # chunk_size varies too: the toy method does not chunk (None) and the baseline does (512)
+    assert fields == ["method", "chunk_size", "toy_scale"]
+    assert v.options_of(scores, "toy_scale") == [0.5, 1.0, 2.0, None]
+    picked = v.apply_filters(scores, {"toy_scale": v.parse_labels(["2.0"], [0.5, 1.0, 2.0])})
+    assert picked["score"].mean() == pytest.approx(sum(TOY_SCORES["toy2.0"][:2]) / 2)
+    assert scores["score"].mean() == pytest.approx(
+        sum(qa + summ for qa, summ, _, _ in TOY_SCORES.values()) / 8)
+    table = v.ablation_table(scores, "toy_scale", fields)
+    assert table["toy_scale"].tolist()[:3] == [0.5, 1.0, 2.0]
+    assert v.value_label(table["toy_scale"].iloc[3]) == "—"  # the baseline has none: last
+    assert table["qa delta"].iloc[0] == pytest.approx(TOY_SCORES["toy0.5"][0] - TOY_SCORES["none"][0])

@@ -1,5 +1,7 @@
 """Fixtures of the store tests: a fresh database per test (SQLite file, or a new PostgreSQL
-database when STREAMKV_TEST_POSTGRES_URL is set), a blob store, and result factories."""
+database when STREAMKV_TEST_POSTGRES_URL is set), a blob store, config dicts and result
+factories. The store knows no compression method, so configs are plain dicts here
+(`config_dict`), never streamkv.config objects."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
 from store import BlobStore, SampleRow, UnitKey, UnitResult, create_store_engine  # noqa: E402
-from streamkv.config import CompressionConfig, baseline  # noqa: E402
+from streamkv.hashing import content_id  # noqa: E402
 
 PG_ENV = "STREAMKV_TEST_POSTGRES_URL"
 PG_SKIP_REASON = ("set STREAMKV_TEST_POSTGRES_URL (scripts/start_postgres.sh) to run the "
@@ -77,9 +79,38 @@ def blobs(tmp_path: Path) -> BlobStore:
 
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+Config = dict[str, Any]
 
 
-def build_result(key: UnitKey, config: CompressionConfig, *, score: float = 0.5,
+def config_dict(method: str = "streamkv", chunk_size: int | None = 512,
+                quantize_current_chunk: bool = False, **fields: Any) -> Config:
+    """A config as workers hand it to the store: the common fields plus the method's own."""
+    return {"method": method, "chunk_size": chunk_size,
+            "quantize_current_chunk": quantize_current_chunk, **fields}
+
+
+def cid(config: Config) -> str:
+    """The config_id of a config dict."""
+    return content_id(config)
+
+
+# Shapes of the configs the old tests took from streamkv.config.baseline (only the fields the
+# tests read); the store sees nothing special in them.
+NONE = config_dict("none", key_bits_normal=16, value_bits_normal=16)
+INT8 = config_dict("int8", key_bits_normal=8, value_bits_normal=8)
+KIVI2 = config_dict("kivi", key_bits_normal=2, value_bits_normal=2, group_size=32,
+                    residual_length=128)
+
+
+def streamkv_config(bits: int = 4, **fields: Any) -> Config:
+    return config_dict("streamkv", **{
+        "key_bits_normal": bits, "value_bits_normal": bits,
+        "value_quant_groups": 1 if bits >= 4 else 4, "pre_rope_keys": True,
+        "sink_protection": True, "outlier_detection": True, "ema_decay": 0.9,
+        "outlier_threshold_abs": None, **fields})
+
+
+def build_result(key: UnitKey, config: Config, *, score: float = 0.5,
                  n_samples: int = 4, tag: str = "", metrics: dict[str, float] | None = None,
                  trace_rows: int = 8, minute: int = 0) -> UnitResult:
     """A plausible UnitResult; `tag` varies predictions and trace content between writers."""
@@ -90,7 +121,7 @@ def build_result(key: UnitKey, config: CompressionConfig, *, score: float = 0.5,
                       "channel": pa.array([i * 3 for i in range(trace_rows)], pa.int32()),
                       "tag": [tag] * trace_rows})
     return UnitResult(
-        key=key, config=config.to_dict(), method=config.method,
+        key=key, config=dict(config), method=config["method"],
         metrics=metrics if metrics is not None else {"score": score, "perplexity": 9.5,
                                                      "kl": 0.01, "top1_agreement": 0.97},
         n_samples=n_samples, avg_key_bits=4.2, avg_value_bits=4.1, kv_bytes=1_000_000,
@@ -108,15 +139,15 @@ def make_result() -> Callable[..., UnitResult]:
     return build_result
 
 
-def sweep_keys(sweep_id: str, configs: list[CompressionConfig], models: list[str],
+def sweep_keys(sweep_id: str, configs: list[Config], models: list[str],
                tasks: list[str], n_shards: int) -> list[UnitKey]:
-    return [UnitKey(sweep_id, m, c.config_id, t, f"{i}/{n_shards}")
+    return [UnitKey(sweep_id, m, cid(c), t, f"{i}/{n_shards}")
             for m in models for c in configs for t in tasks for i in range(n_shards)]
 
 
 @pytest.fixture
 def small_sweep() -> dict[str, Any]:
     """Two configs (none, streamkv-2) x one model x one task x 2 shards."""
-    configs = [baseline("none"), baseline("streamkv-2")]
+    configs = [NONE, streamkv_config(2)]
     return {"sweep_id": "sw", "configs": configs,
             "keys": sweep_keys("sw", configs, ["m"], ["t"], 2)}

@@ -28,7 +28,7 @@ from store import (
 )
 from store import queries
 from store.repository import blobs_t, results_t, samples_t, summaries_t, units_t
-from streamkv.config import baseline
+from tests.store.conftest import INT8, NONE, cid, streamkv_config
 
 N_WRITERS = 8
 
@@ -95,12 +95,12 @@ def _unit_id(engine, key: UnitKey) -> int:
 
 
 def test_eight_writers_lose_nothing(db_url, tmp_path, pool, make_result):
-    configs = [baseline("none"), baseline("int8"), baseline("streamkv-4"), baseline("streamkv-2")]
-    by_id = {c.config_id: c for c in configs}
-    keys = [UnitKey("conc", m, c.config_id, "t", f"{i}/4")
+    configs = [NONE, INT8, streamkv_config(4), streamkv_config(2)]
+    by_id = {cid(c): c for c in configs}
+    keys = [UnitKey("conc", m, cid(c), "t", f"{i}/4")
             for m in ("m1", "m2") for c in configs for i in range(4)]
     register = dict(sweep_id="conc", name="concurrency", spec={"units": len(keys)}, units=keys,
-                    configs=[c.to_dict() for c in configs])
+                    configs=configs)
     results = [make_result(k, by_id[k.config_id], tag=str(i), score=i / 64, n_samples=10,
                            minute=i) for i, k in enumerate(keys)]
     barrier = tmp_path / "barrier"
@@ -132,11 +132,11 @@ def test_eight_writers_lose_nothing(db_url, tmp_path, pool, make_result):
 
 def test_two_writers_racing_on_the_same_units_leave_one_copy(db_url, tmp_path, pool,
                                                               make_result):
-    cfg = baseline("streamkv-4")
-    keys = [UnitKey("race", "m", cfg.config_id, "t", f"{i}/6") for i in range(6)]
+    cfg = streamkv_config(4)
+    keys = [UnitKey("race", "m", cid(cfg), "t", f"{i}/6") for i in range(6)]
     engine = create_store_engine(db_url)
     try:
-        register_sweep(engine, "race", "race", {}, keys, [cfg.to_dict()])
+        register_sweep(engine, "race", "race", {}, keys, [cfg])
         versions = {"A": (0.25, 3), "B": (0.75, 5)}  # tag -> (score, n_samples)
         runs = {tag: [make_result(k, cfg, tag=tag, score=score, n_samples=n) for k in keys]
                 for tag, (score, n) in versions.items()}
@@ -168,12 +168,12 @@ def test_two_writers_racing_on_the_same_units_leave_one_copy(db_url, tmp_path, p
 
 def test_writer_killed_inside_its_transaction_leaves_no_partial_unit(db_url, tmp_path,
                                                                      make_result):
-    cfg = baseline("int8")
-    done_key, victim_key = (UnitKey("kill", "m", cfg.config_id, "t", f"{i}/2") for i in range(2))
+    cfg = INT8
+    done_key, victim_key = (UnitKey("kill", "m", cid(cfg), "t", f"{i}/2") for i in range(2))
     engine = create_store_engine(db_url)
     blobs = BlobStore(tmp_path / "blobs")
     try:
-        register_sweep(engine, "kill", "kill", {}, [done_key, victim_key], [cfg.to_dict()])
+        register_sweep(engine, "kill", "kill", {}, [done_key, victim_key], [cfg])
         write_unit_result(engine, blobs, make_result(done_key, cfg, tag="done"))
         mark_running(engine, victim_key, "victim", "cpu")
         victim = make_result(victim_key, cfg, tag="victim", n_samples=7)

@@ -14,9 +14,10 @@ from store import BlobCorruptedError, UnitKey, UnsafeBlobPathError, register_swe
 from store import mark_failed, write_unit_result
 from store import queries
 from store.repository import blobs_t
-from streamkv.config import baseline
+from tests.store.conftest import NONE, cid, config_dict, streamkv_config
 
-NONE, SKV2, SKV4 = baseline("none"), baseline("streamkv-2"), baseline("streamkv-4")
+CONFIGS = {"NONE": NONE, "SKV2": streamkv_config(2), "SKV4": streamkv_config(4)}
+NONE, SKV2, SKV4 = "NONE", "SKV2", "SKV4"  # names: a dict cannot be part of a dict key
 # (model, config, task, shard) -> (score, n_samples); all values exact in binary floating point.
 UNITS = {
     ("m", NONE, "qa", "0/2"): (0.5, 2),
@@ -32,13 +33,14 @@ UNITS = {
 
 @pytest.fixture
 def filled(engine, blobs, make_result):
-    keys = {spec: UnitKey("hand", spec[0], spec[1].config_id, spec[2], spec[3]) for spec in UNITS}
+    keys = {spec: UnitKey("hand", spec[0], cid(CONFIGS[spec[1]]), spec[2], spec[3])
+            for spec in UNITS}
     register_sweep(engine, "hand", "hand-built", {"note": "exact numbers"}, list(keys.values()),
-                   [c.to_dict() for c in (NONE, SKV2, SKV4)])
+                   list(CONFIGS.values()))
     for i, (spec, key) in enumerate(keys.items()):
         score, n = UNITS[spec]
-        write_unit_result(engine, blobs, make_result(key, spec[1], score=score, n_samples=n,
-                                                     tag=str(i), minute=i * 7))
+        write_unit_result(engine, blobs, make_result(key, CONFIGS[spec[1]], score=score,
+                                                     n_samples=n, tag=str(i), minute=i * 7))
     return keys
 
 
@@ -58,7 +60,8 @@ def test_task_scores_weight_shards_and_subtract_the_baseline_exactly(engine, fil
     with engine.connect() as conn:  # the view itself, as a plain SQL user sees it
         row = conn.execute(text(
             "SELECT n_shards, n_samples, score, baseline_score, score_delta FROM v_task_scores "
-            "WHERE model_id = 'm' AND method = 'streamkv' AND key_bits_normal = 2 "
+            "WHERE model_id = 'm' AND method = 'streamkv' "
+            "AND CAST(config_json->>'key_bits_normal' AS INTEGER) = 2 "
             "AND task = 'qa'")).one()
         assert tuple(row) == (2, 4, 0.4375, 0.75, -0.3125)
         assert conn.execute(text("SELECT score_delta FROM v_task_scores WHERE task = 'sum'")
@@ -80,6 +83,30 @@ def test_result_frame_filters_on_known_columns_only(engine, filled):
         queries.result_frame(engine, filters={"1=1; DROP TABLE units; --": [1]})
     scored = queries.baseline_deltas(engine, filters={"key_bits_normal": 4})
     assert scored["method"].tolist() == ["streamkv"]
+
+
+def test_fields_of_any_method_become_columns_and_filters(engine, blobs, filled, make_result):
+    # A method the store has never heard of, with a field no built-in method has, and one
+    # whose name is taken by a view column.
+    toy = {scale: config_dict("toy", chunk_size=None, toy_scale=scale, score="high")
+           for scale in (0.5, 2.0)}
+    keys = {scale: UnitKey("hand", "m", cid(c), "qa", "0/1") for scale, c in toy.items()}
+    register_sweep(engine, "hand", "hand-built", {}, list(keys.values()), list(toy.values()))
+    for (scale, key), score in zip(keys.items(), (0.25, 0.5)):
+        write_unit_result(engine, blobs, make_result(key, toy[scale], score=score))
+    scores = queries.baseline_deltas(engine, sweep_id="hand", methods="toy")
+    assert scores.set_index("toy_scale")["score_delta"].to_dict() == {0.5: -0.5, 2.0: -0.25}
+    assert scores["chunk_size"].isna().all() and set(scores["config_score"]) == {"high"}
+    assert "key_bits_normal" not in scores  # no toy config has it
+    assert queries.config_columns(scores) == ["method", "chunk_size", "quantize_current_chunk",
+                                              "config_score", "toy_scale"]
+    picked = queries.result_frame(engine, filters={"toy_scale": 2.0})
+    assert picked["score"].tolist() == [0.5] and picked["config_id"].tolist() == [keys[2.0].config_id]
+    # streamkv configs lack toy_scale: for them it is NULL, which None selects
+    assert len(queries.result_frame(engine, methods="streamkv", filters={"toy_scale": [None]})) == 5
+    assert queries.result_frame(engine, methods="streamkv", filters={"toy_scale": 0.5}).empty
+    with pytest.raises(ValueError, match="unknown filter column.*toy_scael"):
+        queries.result_frame(engine, filters={"toy_scael": 0.5})
 
 
 def test_sweep_and_unit_tables(engine, filled):

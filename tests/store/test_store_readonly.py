@@ -10,14 +10,13 @@ from store import ReadOnlyQueryError, StoreConnectionError, UnitKey, readonly_en
 from store import queries, register_sweep, run_readonly_query
 from store.db import single_statement
 from store.repository import units_t
-from streamkv.config import baseline
+from tests.store.conftest import INT8, cid
 
 
 @pytest.fixture
 def thirty_units(engine):
-    cfg = baseline("int8")
-    keys = [UnitKey("ro", "m", cfg.config_id, "t", f"{i}/30") for i in range(30)]
-    register_sweep(engine, "ro", "read-only", {}, keys, [cfg.to_dict()])
+    keys = [UnitKey("ro", "m", cid(INT8), "t", f"{i}/30") for i in range(30)]
+    register_sweep(engine, "ro", "read-only", {}, keys, [INT8])
     return keys
 
 

@@ -22,13 +22,13 @@ from store import (
 )
 from store import queries
 from store.repository import configs_t, samples_t
-from streamkv.config import baseline
+from tests.store.conftest import INT8, cid, config_dict
 
 
 def _register(engine, sweep, keys=None, **kw):
     return register_sweep(engine, sweep["sweep_id"], "a sweep", {"tasks": ["t"]},
                           keys if keys is not None else sweep["keys"],
-                          [c.to_dict() for c in sweep["configs"]], **kw)
+                          sweep["configs"], **kw)
 
 
 def test_registration_is_idempotent_and_adds_missing_units(engine, blobs, small_sweep,
@@ -50,21 +50,22 @@ def test_registration_is_idempotent_and_adds_missing_units(engine, blobs, small_
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(configs_t)) == 2
         row = conn.execute(select(configs_t).where(
-            configs_t.c.config_id == cfgs[1].config_id)).one()
-    assert row.method == "streamkv" and row.key_bits_normal == 2 and row.pre_rope_keys is True
-    assert row.config_json == cfgs[1].to_dict()
+            configs_t.c.config_id == cid(cfgs[1]))).one()
+    assert (row.method, row.chunk_size, row.quantize_current_chunk) == ("streamkv", 512, False)
+    assert row.config_json == cfgs[1]
+    assert row.config_json["key_bits_normal"] == 2 and row.config_json["pre_rope_keys"] is True
 
 
 def test_registration_validates_its_input(engine, small_sweep):
     keys = small_sweep["keys"]
     with pytest.raises(ValueError, match="config_id"):
-        register_sweep(engine, "sw", "x", {}, keys, [small_sweep["configs"][0].to_dict()])
+        register_sweep(engine, "sw", "x", {}, keys, [small_sweep["configs"][0]])
     with pytest.raises(ValueError, match="shard"):
         register_sweep(engine, "sw", "x", {}, [UnitKey("sw", "m", keys[0].config_id, "t", "4/4")],
-                       [c.to_dict() for c in small_sweep["configs"]])
+                       small_sweep["configs"])
     with pytest.raises(ValueError, match="belongs to sweep"):
         register_sweep(engine, "other", "x", {}, keys,
-                       [c.to_dict() for c in small_sweep["configs"]])
+                       small_sweep["configs"])
     with pytest.raises(UnknownSweepError):
         sweep_progress(engine, "sw")  # nothing was registered
 
@@ -120,7 +121,7 @@ def test_unit_result_round_trip_and_replacement(engine, blobs, small_sweep, make
 def test_unit_result_checks(engine, blobs, small_sweep, make_result):
     _register(engine, small_sweep)
     key = small_sweep["keys"][0]
-    wrong_config = make_result(key, baseline("int8"))
+    wrong_config = make_result(key, INT8)
     with pytest.raises(ValueError, match="config_id"):
         write_unit_result(engine, blobs, wrong_config)
     dupes = make_result(key, small_sweep["configs"][0])
@@ -155,3 +156,48 @@ def test_non_finite_and_odd_values_are_stored_portably(engine, blobs, small_swee
     assert stored.samples[0].extra == {"inf": None, "nested": [None, 1.5], "3": "int key"}
     assert sorted(stored.environment["odd"]) == [1, 2]
     assert stored.compression_ratio is None or math.isnan(stored.compression_ratio)
+
+
+@pytest.mark.parametrize("config, problem", [
+    (["method", "none"], "must be a mapping"),
+    (config_dict(method=""), "method"),
+    ({"chunk_size": 512, "quantize_current_chunk": False}, "method"),
+    (config_dict(chunk_size=0), "chunk_size"),
+    (config_dict(chunk_size=True), "chunk_size"),
+    (config_dict(chunk_size="512"), "chunk_size"),
+    (config_dict(quantize_current_chunk="yes"), "quantize_current_chunk"),
+    (config_dict(scale=float("nan")), "scale=nan is not finite"),
+    (config_dict(groups=[1, float("inf")]), r"groups\[1\]=inf"),
+    (config_dict(**{"nested": {1: "x"}}), "non-string key 1"),
+    (config_dict(path=b"x"), "bytes.*not a JSON value"),
+])
+def test_configs_are_checked_for_what_the_store_relies_on(engine, config, problem):
+    key = UnitKey("sw", "m", "0" * 12, "t", "0/1")
+    with pytest.raises(ValueError, match=problem):
+        register_sweep(engine, "sw", "x", {}, [key], [config])
+    with engine.connect() as conn:  # nothing was written
+        assert conn.scalar(select(func.count()).select_from(configs_t)) == 0
+
+
+def test_any_method_is_stored_as_given_under_its_content_id(engine, blobs, make_result):
+    toy = config_dict("toy-plugin", chunk_size=None, toy_scale=0.5, layers=[0, 3],
+                      extra={"note": "ünïcode"})
+    key = UnitKey("sw", "m", cid(toy), "t", "0/1")
+    register_sweep(engine, "sw", "x", {}, [key], [toy])
+    write_unit_result(engine, blobs, make_result(key, toy))
+    with engine.connect() as conn:
+        row = conn.execute(select(configs_t)).one()
+    assert (row.config_id, row.method, row.chunk_size, row.quantize_current_chunk) == (
+        cid(toy), "toy-plugin", None, False)
+    assert row.config_json == toy and cid(row.config_json) == row.config_id
+    assert queries.load_unit_result(engine, None, key).config == toy
+
+
+def test_a_result_whose_config_does_not_hash_to_its_key_is_refused(engine, blobs, make_result):
+    cfg = config_dict("toy", toy_scale=1.0)
+    key = UnitKey("sw", "m", cid(cfg), "t", "0/1")
+    register_sweep(engine, "sw", "x", {}, [key], [cfg])
+    drifted = make_result(key, {**cfg, "toy_scale": 2.0})  # a field changed after planning
+    with pytest.raises(ValueError, match="content_id.*different configs"):
+        write_unit_result(engine, blobs, drifted)
+    assert queries.unit_record(engine, key).status == "pending"
