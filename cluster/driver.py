@@ -23,8 +23,11 @@ Failures:
 - system (the actor or its node died): Ray restarts the actor (`max_restarts`) and retries the
   in-flight unit on it (`max_task_retries`); when Ray gives up, the driver replaces the actor and
   the unit counts one attempt.
-- application (an exception in the unit, e.g. a bad data file): retried until `max_attempts`
-  attempts of this run, then `mark_failed(final=True)` with the error text; the sweep goes on.
+- application (an exception in the unit): retried until `max_attempts` attempts of this run,
+  then `mark_failed(final=True)` with the error text; the sweep goes on. An error that another
+  attempt would only repeat (bad data, settings that do not fit the model: a `ValueError`, e.g.
+  `workers.runner.SampleError` or `streamkv.InvalidSettings`, or a missing file) fails its unit
+  at once, without using up `max_attempts`.
 - `MethodUnavailable` (the method cannot run here, e.g. an HF backend that is not installed):
   `mark_skipped` with the reason.
 `mark_running` (attempts + 1 in the store) precedes every attempt.
@@ -139,13 +142,9 @@ class SweepWorker(UnitWorker):
 
 def _absolute_store(url: str, blobs: str) -> tuple[str, str]:
     """Relative SQLite/blob paths made absolute, so actors with another cwd find them."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        rel = url[len("sqlite:///"):]
-        if rel and rel != ":memory:":
-            url = "sqlite:///" + str(Path(rel).resolve())
-    if "://" not in blobs:
-        blobs = str(Path(blobs).resolve())
-    return url, blobs
+    from store.paths import absolute_store
+
+    return absolute_store(url, blobs)
 
 
 # --- Ray -------------------------------------------------------------------------------------------
@@ -362,6 +361,7 @@ class Attempt:
     status: str  # done | skipped | error
     result: Any = None  # the UnitResult (driver writes) or the actor's brief (actor writes)
     error: str = ""
+    deterministic: bool = False  # an error another attempt would only repeat (see the docstring)
 
 
 class ModelScheduler:
@@ -410,7 +410,8 @@ class ModelScheduler:
             cause = getattr(err, "cause", None)
             if isinstance(cause, MethodUnavailable):
                 return Attempt(**done, status="skipped", error=str(cause))
-            return Attempt(**done, status="error", error=_error_text(err))
+            return Attempt(**done, status="error", error=_error_text(err),
+                           deterministic=isinstance(cause, (ValueError, FileNotFoundError)))
         except RayActorError as err:  # Ray gave up on the actor (restarts and retries spent)
             self.pool.replace(idx)
             return Attempt(**done, status="error", error=f"worker actor died: {err}")
@@ -449,7 +450,7 @@ class AttemptRecorder:
             mark_skipped(self.engine, key, attempt.error)
             self.tally.skipped += 1
             return self._report("skipped", unit_line("skipped", what, error=attempt.error))
-        final = attempt.number >= self.max_attempts
+        final = attempt.deterministic or attempt.number >= self.max_attempts
         mark_failed(self.engine, key, attempt.error, final=final)
         if not final:
             return self._report("retry", unit_line("retry", what, attempt=attempt.number, error=attempt.error))

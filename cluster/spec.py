@@ -58,6 +58,8 @@ from workers.units import PERPLEXITY_TASKS, TASK_NAMES, task_kind
 
 DEFAULT_BLOBS = "results/blobs"
 MAX_GRID_POINTS = 10_000
+# Units = configs x models x (tasks x shards): checked before any write (`--max-units` raises it).
+MAX_UNITS = 100_000
 _SWEEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -336,7 +338,10 @@ def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> li
             source = None
         if source and not source.startswith("hf://") and "://" not in source and base_dir is not None:
             resolved = Path(source) if Path(source).is_absolute() or Path(source).exists() else base_dir / source
-            if not resolved.exists():
+            if not Path(source).is_absolute() and not _inside(resolved, base_dir):
+                problems.add(f"{path}.source", f"{source!r} leads outside {base_dir} (a relative path may not; "
+                             "give an absolute path to read data elsewhere)")
+            elif not resolved.exists():
                 problems.add(f"{path}.source", f"no local file or folder {source!r}")
             else:
                 source = str(resolved)
@@ -364,6 +369,24 @@ def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> li
                 continue  # already reported
             out.append(DatasetSpec(task=task, source=source, **kwargs))
     return out
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, resolved (symlinks and `..` included), lies within `folder`."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def unit_count(spec: SweepSpec) -> int:
+    """How many units the spec plans, counted without building them."""
+    shards = sum(d.shards or spec.shards for d in spec.datasets)
+    return len(spec.configs) * len(spec.models) * shards
+
+
+def check_size(spec: SweepSpec, max_units: int = MAX_UNITS) -> None:
+    n = unit_count(spec)
+    if n > max_units:
+        raise SpecError([f"{n} units (configs x models x tasks x shards) is more than {max_units}; split "
+                         "the sweep, or raise the cap with --max-units"], "spec")
 
 
 def parse_spec(data: Any, *, source: str = "spec", base_dir: str | Path | None = None,
@@ -549,5 +572,5 @@ def apply_overrides(spec: SweepSpec, *, db: str | None = None, blobs: str | None
                                limit=limit if limit is not None else spec.limit)
 
 
-__all__ = ["DatasetSpec", "NamedConfig", "ResourceSpec", "SpecError", "StoreSpec", "SweepSpec",
+__all__ = ["MAX_UNITS", "check_size", "unit_count", "DatasetSpec", "NamedConfig", "ResourceSpec", "SpecError", "StoreSpec", "SweepSpec",
            "apply_overrides", "load_spec", "parse_spec"]

@@ -8,7 +8,11 @@ Without --address (and without $RAY_ADDRESS, which `ray job submit` sets) Ray st
 this process. With the default local store (SQLite, a blob folder) the run happens in a private
 network namespace where `lo` is the only interface, so every Ray listener is on loopback
 (`cluster/isolation.py`; `--no-isolate` to opt out; where namespaces are not permitted it runs
-without and says so). The spec is validated completely before anything runs.
+without and says so). The spec is validated completely before anything runs or any database is
+created: its own fields (`cluster.spec`, every problem with its path), the number of units it
+plans (`--max-units`), and what it names (`cluster.checks.preflight`: each model's config, not
+its weights, against every config's model-dependent settings; each data file, read and
+validated once; the store's URL).
 
 Output: one progress bar (units done/total, ETA, failures), one line per finished unit above it
 (done / skipped / retry / FAILED with the first line of the error), then a table of the results
@@ -41,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-actors", type=int, help="actors per model (overrides resources.num_actors)")
     parser.add_argument("--max-attempts", type=int, help="attempts per unit (overrides max_attempts)")
     parser.add_argument("--limit", type=int, help="cap the samples per shard of every dataset")
+    parser.add_argument("--max-units", type=int, default=None,
+                        help="refuse a spec that plans more units than this (default 100000), before any write")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true",
@@ -54,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def to_argv(args: argparse.Namespace) -> list[str]:
     """The command line of `python -m cluster.sweep` that these parsed arguments came from."""
     argv = [args.spec]
-    for flag in ("address", "db", "blobs", "sweep_id", "num_actors", "max_attempts", "limit"):
+    for flag in ("address", "db", "blobs", "sweep_id", "num_actors", "max_attempts", "limit", "max_units"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
@@ -69,13 +75,18 @@ def run_from_args(args: argparse.Namespace) -> int:
     from store import StoreError
 
     from .driver import ClusterConnectionError, report, run_sweep, sweep_results
+    from . import isolation
+    from .checks import preflight
     from .plan import plan
-    from .spec import SpecError, apply_overrides, load_spec
+    from .spec import MAX_UNITS, SpecError, apply_overrides, check_size, load_spec
 
     try:
         spec = apply_overrides(load_spec(args.spec), db=args.db, blobs=args.blobs, sweep_id=args.sweep_id,
                                num_actors=args.num_actors, max_attempts=args.max_attempts,
                                limit=args.limit)
+        check_size(spec, args.max_units or MAX_UNITS)
+        if not isolation.inside():  # the outer run (before the namespace) has checked already
+            preflight(spec)
     except (SpecError, FileNotFoundError) as err:
         print(f"streamkv sweep: invalid spec, nothing was run.\n{err}", file=sys.stderr)
         return 2
@@ -86,8 +97,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         for unit in units:
             print(f"  {unit.model}  {unit.key.config_id}  {unit.method:<12} {unit.task:<26} {unit.shard}")
         return 0
-    from . import isolation
-
     if not args.no_isolate and isolation.wanted(args.address, spec.store.resolved_url,
                                                 str(spec.store.resolved_blobs)):
         if isolation.available():

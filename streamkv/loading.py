@@ -133,6 +133,22 @@ def load_model(name_or_path: str, compression_config: Method | None = None, *,
     return LoadedModel(model, tokenizer, model_id, sha, time.perf_counter() - start)
 
 
+def model_config(name_or_path: str, **from_pretrained_kwargs):
+    """The transformers config of a model `load_model` takes, without loading its weights
+    (checks before any work: the family, the head dims the methods' settings depend on)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if name_or_path in RANDOM_MODELS:
+        return LlamaConfig(**RANDOM_MODELS[name_or_path])
+    if name_or_path in OFFLINE_MODELS:
+        cached = _cache_folder(name_or_path)
+        if (cached / "streamkv_source.json").exists():
+            return AutoConfig.from_pretrained(cached)
+        gguf = gguf_path(name_or_path)
+        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return AutoConfig.from_pretrained(name_or_path, **from_pretrained_kwargs)
+
+
 def _random_model(name: str, cfg: Method | None, dtype: torch.dtype, device: str | None):
     from transformers import LlamaConfig
 

@@ -68,6 +68,10 @@ def _required_str(row: dict[str, Any], field: str, where: str) -> str:
         raise _field_error(where, field, "missing")
     if not isinstance(row[field], str):
         raise _field_error(where, field, f"expected a string, got {type(row[field]).__name__}")
+    try:  # JSON can carry lone surrogates (\ud800), which no tokenizer, hash or database takes
+        row[field].encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _field_error(where, field, f"not valid Unicode text ({err.reason} at position {err.start})") from None
     return row[field]
 
 

@@ -212,7 +212,7 @@ def test_attempts_end_as_retry_then_failed_or_skipped(recorder_for, helpers, sto
 
     sweep, recorder, out = recorder_for(max_attempts=2)
     first, second = sweep.todo[0], sweep.todo[1]
-    error = "ValueError: bad row\n\ndetails"
+    error = "RuntimeError: the actor ran out of memory\n\ndetails"
     assert recorder.record(Attempt(first, 0, number=1, started=0.0, status="error", error=error)) == "retry"
     assert recorder.record(Attempt(first, 1, number=2, started=0.0, status="error", error=error)) == "failed"
     assert recorder.record(Attempt(second, 0, number=1, started=0.0, status="skipped",
@@ -229,11 +229,23 @@ def test_attempts_end_as_retry_then_failed_or_skipped(recorder_for, helpers, sto
     lines = [line for line in out.getvalue().splitlines() if line.strip() and not line.startswith("bar:")]
     label = recorder.labels[first.key.config_id]
     assert lines == [
-        f"retry   {first.key.task} {first.key.shard} [{label}] (attempt 1 failed: ValueError: bad row)",
-        f"FAILED  {first.key.task} {first.key.shard} [{label}] after 2 attempt(s): ValueError: bad row",
+        f"retry   {first.key.task} {first.key.shard} [{label}] (attempt 1 failed: RuntimeError: the actor ran out of memory)",
+        f"FAILED  {first.key.task} {first.key.shard} [{label}] after 2 attempt(s): RuntimeError: the actor ran out of memory",
         f"skipped {second.key.task} {second.key.shard} [{recorder.labels[second.key.config_id]}]: "
         "HF backend quanto is not installed",
     ]
+
+
+def test_an_error_another_attempt_would_repeat_fails_at_once(recorder_for, helpers, store_paths):
+    from cluster.driver import Attempt
+
+    sweep, recorder, _ = recorder_for(max_attempts=3)
+    unit = sweep.todo[0]
+    bad = Attempt(unit, 0, number=1, started=0.0, status="error", error="SampleError: bad row", deterministic=True)
+    assert recorder.record(bad) == "failed"
+    assert recorder.tally.failed == 1
+    assert helpers.db_rows(store_paths[0], "SELECT status, attempts FROM units WHERE task = ? AND shard = ? "
+                           "AND config_id = ?", unit.key.task, unit.key.shard, unit.key.config_id) == [("failed", 0)]
 
 
 def test_ray_start_up_notices_are_held_back_unless_the_start_fails(capfd):
