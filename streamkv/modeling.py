@@ -82,8 +82,14 @@ class CompressedCausalLMMixin:
             if self._last_run is None:
                 raise RuntimeError("no cache yet: run forward() or generate() first, or pass a cache")
             method, cache = self._last_run
-        else:
-            method = compression_config or getattr(cache, "method", None) or self.compression_config
+        elif compression_config is not None:
+            method = compression_config
+        elif isinstance(cache, CompressedCache):
+            method = cache.method
+        elif self._last_run is not None and self._last_run[1] is cache:
+            method = self._last_run[0]
+        else:  # a transformers cache says nothing of the method that built it
+            raise ValueError("pass compression_config= (the method that built this cache) to measure it")
         return method.stats(cache, self.config)
 
     def _method_of(self, cache, compression_config: Method | None) -> Method:

@@ -63,6 +63,11 @@ class HFQuantized(Method):
         """How messages name this setting (the preset's name when it is one)."""
         return f"hf-{self.backend}-{self.nbits}"
 
+    @classmethod
+    def example(cls, model, workdir) -> HFQuantized:
+        """Groups and a residual of 32: quick checks use prompts of ~150 tokens."""
+        return cls(residual_length=32, q_group_size=32)
+
     def check_available(self) -> None:
         require_available(self)
 
@@ -184,10 +189,10 @@ def cache_stats(cache, model_config) -> CompressionStats:
     """
     layers = cache.layers
     tokens = layers[0].get_seq_length() if layers else 0
-    batch = 0
     held_bytes = {"keys": 0, "values": 0}
+    stored_keys = 0  # key elements (quantized, counted in their logical shape, + residual), layer 0
     note = ""
-    for layer in layers:
+    for i, layer in enumerate(layers):
         for kind, names in (("keys", ("_quantized_keys", "keys")), ("values", ("_quantized_values", "values"))):
             for name in names:
                 value = getattr(layer, name, None)
@@ -197,10 +202,12 @@ def cache_stats(cache, model_config) -> CompressionStats:
                 if not leaves and not isinstance(value, torch.Tensor):
                     note = f"{type(layer).__name__}.{name} is a {type(value).__name__}, not tensors"
                 held_bytes[kind] += sum(t.numel() * t.element_size() for t in leaves)
-                if not batch:
-                    batch = next((t.shape[0] for t in leaves if t.dim() == 4 and t.numel()), 0)
-    n_kv = model_config.num_key_value_heads
-    elements = max(batch, 1) * tokens * n_kv * head_dim_of(model_config) * len(layers)  # per K or V
+                if i == 0 and kind == "keys" and isinstance(value, torch.Tensor):
+                    stored_keys += value.numel()
+    per_sequence = tokens * model_config.num_key_value_heads * head_dim_of(model_config)
+    # quanto flattens [B, H, T, D] into groups, so the batch is what the element count says.
+    batch = stored_keys // per_sequence if per_sequence else 0
+    elements = batch * per_sequence * len(layers)  # per K or V
     fp16 = 2 * 2 * elements
     kv_bytes = None if note else held_bytes["keys"] + held_bytes["values"]
 

@@ -1,5 +1,6 @@
-"""`python -m streamkv.methods`: every registered method's settings and the presets, as the
-Markdown the README shows (tests/test_readme_api.py checks the README holds exactly this)."""
+"""`python -m streamkv.methods`: the settings and presets of every method streamkv itself
+defines, as the Markdown the README shows (tests/test_readme_api.py checks the README holds
+exactly this)."""
 
 from streamkv.methods import method_class, method_names, preset_names, preset_settings
 
@@ -8,6 +9,8 @@ def markdown() -> str:
     parts = []
     for name in method_names():
         cls = method_class(name)
+        if not cls.__module__.startswith("streamkv."):  # registered from elsewhere (workers, a user)
+            continue
         presets = [p for p in preset_names() if preset_settings(p)[0] is cls]
         title = f"`{name}` (`{cls.__module__}.{cls.__qualname__}`)"
         line = f"presets: {', '.join(f'`{p}`' for p in presets)}" if presets else "no preset"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamkv import baseline
+from streamkv import preset
 
 SPEED = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
 
@@ -35,4 +35,4 @@ def test_kernel_check_finds_the_paths_equal(speed, one_thread_module):
 
     model = load_model("tiny-random-llama").model
     ids = torch.randint(0, model.config.vocab_size, (1, 80), generator=torch.Generator().manual_seed(0))
-    assert speed.check_kernels(model, ids, baseline("streamkv-4", chunk_size=16)) < 1e-5
+    assert speed.check_kernels(model, ids, preset("streamkv-4", chunk_size=16)) < 1e-5

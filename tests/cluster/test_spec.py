@@ -112,7 +112,7 @@ def test_invalid_spec_lists_every_problem_with_its_path():
 def test_combination_problem_names_the_grid_axis():
     with pytest.raises(SpecError) as info:
         _spec(grid={"key_bits_normal": [16]})
-    assert "grid.key_bits_normal[0]: key_bits_sink_outlier=8 must be >= key_bits_normal=16" in str(info.value)
+    assert "grid.key_bits_normal[0]: key_bits_sink_outlier: 8 must be >= key_bits_normal=16" in str(info.value)
 
 
 def test_missing_sections_and_bad_yaml(tmp_path):
