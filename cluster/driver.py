@@ -32,8 +32,30 @@ Failures:
   `mark_skipped` with the reason.
 `mark_running` (attempts + 1 in the store) precedes every attempt.
 
-Interruption: `KeyboardInterrupt` puts the in-flight units back to pending and marks the
-sweep cancelled; `stop_after` (a test hook) stops the same way but leaves the sweep running.
+Interruption (`cluster/interrupts.py`): during `run_sweep` SIGTERM is handled like Ctrl-C
+(SIGINT). The first signal stops the run; repeated ones (a second Ctrl-C, the copy forwarded
+by the namespace's parent) are ignored so the cleanup finishes. The scheduling loop defers a
+signal to its waits (`ray.wait`, a model's loading), so a unit is never half claimed or half
+recorded. Then: the pool's actors are killed, the units claimed and not recorded go back to
+pending, the sweep is marked cancelled (before Ray's shutdown, which takes seconds), Ray is
+shut down, and when this call started it, every process it started (gcs, raylet, agents,
+workers) is waited for and killed after `REAP_TIMEOUT_S`; `run_sweep` raises
+`interrupts.SweepCancelled` (a KeyboardInterrupt) whose text is the line the CLI prints, exit
+130 / 143. `ray.init` installs SIGTERM handlers of its own (one exits at once, Ray's C++ core's
+prints a stack and later aborts): ours is kept during and restored after it. `stop_after` (a
+test hook) stops like an interruption but leaves the sweep running.
+
+Store errors (`StoreWrites`): every read and write of the driver goes through `StoreWrites.call`.
+A transient error (`transient`: SQLAlchemy OperationalError, a DBAPIError whose connection was
+invalidated, sqlite "database is locked" / "readonly" / "disk I/O error" / "disk is full", an
+OSError of a full, read-only or failing disk) is tried again: `RetryPolicy`, by default 5
+attempts with waits of 0.5, 1, 2, 4 s, all within 20 s of the first failure. Meanwhile the
+finished result stays in the driver's memory (no spool file: a result that cannot be written
+is computed again by the next run, which only runs units not `done`). When the store keeps
+failing, or fails with a permanent error, `StoreWriteError` (a `store.StoreError`) names the
+store (password masked) and the error; the cleanup then makes no more writes (each could wait
+as long again), so units it could not put back stay `running` and run again next time. The CLI
+prints that one line and exits 2.
 
 The parts, in the order of a run: `open_sweep` (the store, the registered sweep, what is left
 to do), `ActorPool` (one model's actors), `ModelScheduler` (submitting units to idle actors,
@@ -46,19 +68,25 @@ its C++ start-up notices held back (`ray_notices_hidden`).
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
 import re
+import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from store import BlobStore, create_store_engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from store import BlobStore, StoreError, create_store_engine
 from store.entities import UnitKey
 from store.repository import (
     completed_units,
@@ -72,6 +100,7 @@ from store.repository import (
 from workers.actor import UnitWorker
 from workers.units import WorkUnit
 
+from . import interrupts
 from .plan import by_model, plan
 from .progress import SweepProgress, first_line, quiet_env, results_table, unit_line
 from .spec import SweepSpec
@@ -184,6 +213,86 @@ def connect_ray(address: str | None = None, *, verbose: bool = True) -> bool:
     return True
 
 
+@contextmanager
+def ray_session(address: str | None, *, verbose: bool, shutdown: bool) -> Iterator[bool]:
+    """`connect_ray` for the block (yields whether it started or joined Ray). At the end, with
+    `shutdown`, a Ray this call started (also when a signal cut its start short) is shut down,
+    and every process it started (gcs, raylet, agents, workers) is waited for, killed after
+    `REAP_TIMEOUT_S`: nothing of this run's Ray outlives it."""
+    import ray
+
+    already = ray.is_initialized()
+    before = set() if already else _descendant_pids()
+    try:
+        with _sigterm_handler_kept():
+            joined = connect_ray(address, verbose=verbose)
+        interrupts.rearm()
+        yield joined
+    finally:
+        if shutdown and not already:
+            with interrupts.deferred():  # a signal now must not cut the shutdown short
+                processes = _descendants(exclude=before)
+                ray.shutdown(wait_for_processes=True)
+                reap(processes)
+
+
+REAP_TIMEOUT_S = 15.0
+
+
+def _descendant_pids() -> set[int]:
+    return {p.pid for p in _descendants()}
+
+
+def _descendants(exclude: Collection[int] = ()) -> list[Any]:
+    try:
+        import psutil  # shipped with Ray (ray/thirdparty_files)
+
+        return [p for p in psutil.Process().children(recursive=True) if p.pid not in exclude]
+    except Exception:  # noqa: BLE001 (no psutil, or a process gone meanwhile: nothing to reap)
+        return []
+
+
+def reap(processes: list[Any], timeout: float = REAP_TIMEOUT_S) -> list[int]:
+    """Waits for `processes` (psutil) to exit, kills those left after `timeout`; returns their
+    pids. Taken before `ray.shutdown`: Ray's workers and agents, children of the raylet, are
+    orphaned once it is gone and no longer found among this process's children."""
+    if not processes:
+        return []
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in alive]
+
+
+@contextmanager
+def _sigterm_handler_kept() -> Iterator[None]:
+    """While `ray.init` runs, its `set_sigterm_handler` calls (a handler that exits at once, one
+    that kills Ray's processes and exits) are ignored when `interrupts` handles SIGTERM: ours
+    does the same cleanup as for Ctrl-C (`ray_session` shuts Ray down). Only a private Ray
+    helper is patched, for this while; without it `interrupts.rearm` after the start still
+    restores ours."""
+    try:
+        from ray._private import utils as ray_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(ray_utils, "set_sigterm_handler", None)
+    if original is None or not interrupts.active():
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda _handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
+
+
 # An info (I) or warning (W) line of Ray's C++ core: "[2026-01-02 10:00:00,123 W 411 411] file.cc:330: ..."
 _RAY_NOTICE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:.,]+ [IW] \d+ \d+\] ")
 
@@ -226,6 +335,105 @@ def ray_notices_hidden() -> Iterator[None]:
 
 
 # --- the store -------------------------------------------------------------------------------------
+class StoreWriteError(StoreError):
+    """The store kept refusing a write (or refused it for good); the message names it (password
+    masked) and says what was lost: nothing the rerun does not compute again."""
+
+    def __init__(self, where: str, error: BaseException, attempts: int, seconds: float):
+        super().__init__(where)
+        self.where, self.error, self.attempts, self.seconds = where, error, attempts, seconds
+        self.unstored: int | None = None  # finished or running units not stored (set by run_sweep)
+
+    def __str__(self) -> str:
+        text = (f"cannot write to the results store {self.where}: {_error_line(self.error)} "
+                f"(after {self.attempts} attempt(s) in {self.seconds:.0f}s)")
+        if self.unstored is not None:
+            text += (f"; the sweep stopped, {self.unstored} unit(s) in flight were not stored: "
+                     "rerun the same command once the store is writable (stored units are kept)")
+        return text
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a store write is tried on a transient error: up to `attempts` times, waiting
+    `first_wait_s`, then twice as long each time, as long as the waits end within `budget_s`
+    of the first failure (SQLite's own busy timeout, 30 s, comes on top of one attempt)."""
+
+    attempts: int = 5
+    first_wait_s: float = 0.5
+    budget_s: float = 20.0
+
+
+# errno values of a full, failing or read-only disk: worth another try once it recovers.
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EFBIG, errno.EDQUOT, errno.EAGAIN,
+                     errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
+# OperationalErrors that a retry cannot fix (a schema problem, a bug).
+_PERMANENT = re.compile(r"no such (table|column)|syntax error", re.IGNORECASE)
+
+
+def transient(err: BaseException) -> bool:
+    """Whether another try may succeed: a lost connection, a locked, read-only, full or failing
+    database (sqlite "database is locked" / "readonly" / "disk I/O error"), a full disk."""
+    if isinstance(err, DBAPIError):
+        if err.connection_invalidated:
+            return True
+        if isinstance(err, OperationalError):
+            return not _PERMANENT.search(str(err.orig))
+        return False  # IntegrityError, ProgrammingError, ...: a bug, not the disk or the network
+    if isinstance(err, OSError):
+        return err.errno in _TRANSIENT_ERRNOS
+    # sqlite3's or psycopg's own OperationalError (not wrapped when raised in an engine event)
+    return type(err).__name__ == "OperationalError" and not _PERMANENT.search(str(err))
+
+
+def _error_line(err: BaseException) -> str:
+    inner = err.orig if isinstance(err, DBAPIError) and err.orig is not None else err
+    return f"{type(inner).__name__}: {first_line(str(inner))}"
+
+
+class StoreWrites:
+    """The driver's reads and writes of the store, each tried again on transient errors
+    (`RetryPolicy`); `StoreWriteError` when it keeps failing. `best_effort` is for cleanup:
+    one try, no exception, and none at all once the store failed (each could wait long)."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore, *, url: str, blob_root: str,
+                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        self.engine, self.blobs, self.url, self.blob_root = engine, blobs, url, blob_root
+        self.retry, self.sleep, self.clock = retry or RetryPolicy(), sleep, clock
+        self.failed: StoreWriteError | None = None
+
+    def call(self, fn: Callable[..., Any], *args: Any, blobs: bool = False, **kwargs: Any) -> Any:
+        """`fn(engine, *args)` (`fn(engine, blobs, *args)` with `blobs`), retried."""
+        lead = (self.engine, self.blobs) if blobs else (self.engine,)
+        first_failure: float | None = None
+        for attempt in itertools.count(1):
+            try:
+                return fn(*lead, *args, **kwargs)
+            except (DBAPIError, OSError, sqlite3.Error) as err:
+                now = self.clock()
+                first_failure = now if first_failure is None else first_failure
+                wait = self.retry.first_wait_s * 2 ** (attempt - 1)
+                if (not transient(err) or attempt >= self.retry.attempts
+                        or now + wait - first_failure > self.retry.budget_s):
+                    where = _safe(self.url) + (f" (blobs {self.blob_root})" if blobs else "")
+                    self.failed = StoreWriteError(where, err, attempt, now - first_failure)
+                    raise self.failed from err
+                with interrupts.interruptible():  # a Ctrl-C need not wait out the backoff
+                    self.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def best_effort(self, fn: Callable[..., Any], *args: Any) -> bool:
+        if self.failed is not None:
+            return False
+        try:
+            fn(self.engine, *args)
+            return True
+        except (DBAPIError, OSError, sqlite3.Error) as err:
+            self.failed = StoreWriteError(_safe(self.url), err, 1, 0.0)
+            return False
+
+
 @dataclass(frozen=True)
 class OpenSweep:
     """A sweep registered in the store: its units, and those not done yet (`todo`)."""
@@ -237,6 +445,7 @@ class OpenSweep:
     blob_root: str
     units: list[WorkUnit]
     todo: list[WorkUnit]
+    store: StoreWrites
 
     @property
     def previously_done(self) -> int:
@@ -252,24 +461,27 @@ def open_store(url: str) -> Engine:
         raise StoreConnectionError(f"cannot open the results database {_safe(url)}: {err}") from None
 
 
-def open_sweep(spec: SweepSpec) -> OpenSweep:
+def open_sweep(spec: SweepSpec, *, retry: RetryPolicy | None = None) -> OpenSweep:
     """Registers the sweep and its units (idempotent) and reads which are done already."""
     units = plan(spec)
     sweep_id = spec.resolved_sweep_id
     url, blob_root = spec.store.resolved_url, spec.store.resolved_blobs
     engine = open_store(url)
+    blobs = BlobStore(blob_root)
+    store = StoreWrites(engine, blobs, url=url, blob_root=str(blob_root), retry=retry)
     configs = list({u.key.config_id: u.config.to_dict() for u in units}.values())
-    register_sweep(engine, sweep_id, spec.name, spec.to_dict(), [u.key for u in units], configs,
-                   created_by=f"{os.environ.get('USER', '?')}@{socket.gethostname()}")
-    done_keys = completed_units(engine, sweep_id)
-    return OpenSweep(sweep_id=sweep_id, engine=engine, blobs=BlobStore(blob_root), url=url,
-                     blob_root=blob_root, units=units, todo=[u for u in units if u.key not in done_keys])
+    store.call(register_sweep, sweep_id, spec.name, spec.to_dict(), [u.key for u in units], configs,
+               created_by=f"{os.environ.get('USER', '?')}@{socket.gethostname()}")
+    done_keys = store.call(completed_units, sweep_id)
+    return OpenSweep(sweep_id=sweep_id, engine=engine, blobs=blobs, url=url, blob_root=blob_root,
+                     units=units, todo=[u for u in units if u.key not in done_keys], store=store)
 
 
-def release_inflight(engine: Engine, units: list[WorkUnit]) -> None:
-    """Units whose attempt was still running when the driver stopped: back to pending."""
-    for unit in units:
-        mark_failed(engine, unit.key, "interrupted: the driver stopped before this unit finished", final=False)
+def release_inflight(store: StoreWrites, units: list[WorkUnit]) -> int:
+    """Units whose attempt was still running when the driver stopped: back to pending (best
+    effort: a unit left `running` runs again on the next run anyway). Returns how many."""
+    reason = "interrupted: the driver stopped before this unit finished"
+    return sum(store.best_effort(mark_failed, unit.key, reason, False) for unit in units)
 
 
 # --- one model's actors ----------------------------------------------------------------------------
@@ -308,10 +520,14 @@ class ActorPool:
         self._described.pop(idx, None)
 
     def kill_all(self) -> None:
+        """Cleanup: never raises (Ray may be going down already, e.g. after a signal)."""
         import ray
 
         for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001, S112 (the actor or Ray is gone: nothing to kill)
+                continue
 
 
 def start_pool(spec: SweepSpec, model: str, n_units: int, store_args: tuple[str | None, str | None],
@@ -343,6 +559,9 @@ class Tally:
     skipped: int = 0
     attempts: int = 0  # attempts started
     failures: list[tuple[UnitKey, str]] = field(default_factory=list)
+    stopped_inflight: int = 0  # units claimed but not recorded when the run stopped
+    released: int = 0  # of those, put back to pending
+    final_status: str = ""  # the sweep's status as this call stored it
 
     @property
     def finished(self) -> int:
@@ -365,14 +584,17 @@ class Attempt:
 
 class ModelScheduler:
     """A dynamic queue over one model's pool: an idle actor gets the next unit, `collect` waits
-    (`ray.wait`) for whichever attempt finishes first."""
+    (`ray.wait`) for whichever attempt finishes first. The driver's loop runs
+    `interrupts.deferred()`: a signal only cuts the waits short, so `claimed` (marked running
+    in the store, not recorded yet) is always what an interruption has to put back."""
 
-    def __init__(self, pool: ActorPool, units: list[WorkUnit], engine: Engine, tally: Tally,
+    def __init__(self, pool: ActorPool, units: list[WorkUnit], store: StoreWrites, tally: Tally,
                  bar: SweepProgress):
-        self.pool, self.engine, self.tally, self.bar = pool, engine, tally, bar
+        self.pool, self.store, self.tally, self.bar = pool, store, tally, bar
         self.queue: deque[WorkUnit] = deque(units)
         self.idle = list(range(len(pool)))[::-1]
         self.inflight: dict[Any, tuple[WorkUnit, int, float]] = {}  # ref -> unit, actor, start
+        self.claimed: dict[UnitKey, WorkUnit] = {}
         self.tries: dict[UnitKey, int] = {}
 
     def busy(self) -> bool:
@@ -384,11 +606,13 @@ class ModelScheduler:
             self._submit(self.idle.pop())
 
     def _submit(self, idx: int) -> None:
+        with interrupts.interruptible():  # the first call waits for the actor's model to load
+            info = self.pool.describe(idx)
         unit = self.queue.popleft()
-        info = self.pool.describe(idx)
+        self.store.call(mark_running, unit.key, worker=info["worker"], device=info["device"])
+        self.claimed[unit.key] = unit
         self.tries[unit.key] = self.tries.get(unit.key, 0) + 1
         self.tally.attempts += 1
-        mark_running(self.engine, unit.key, worker=info["worker"], device=info["device"])
         ref = self.pool.actors[idx].run_unit.remote(unit)
         self.inflight[ref] = (unit, idx, time.perf_counter())
         self.bar.started()
@@ -400,7 +624,8 @@ class ModelScheduler:
 
         from streamkv.methods import MethodUnavailable
 
-        ready, _ = ray.wait(list(self.inflight), num_returns=1)
+        with interrupts.interruptible():
+            ready, _ = ray.wait(list(self.inflight), num_returns=1)
         unit, idx, started = self.inflight.pop(ready[0])
         done = dict(unit=unit, actor_index=idx, number=self.tries[unit.key], started=started)
         try:
@@ -416,23 +641,29 @@ class ModelScheduler:
             return Attempt(**done, status="error", error=f"worker actor died: {err}")
 
     def finish(self, attempt: Attempt, status: str) -> None:
-        """The actor is free again; a unit to retry goes to the back of the queue."""
+        """The attempt is recorded and its actor free again; a unit to retry goes to the back
+        of the queue."""
+        self.claimed.pop(attempt.unit.key, None)
         if status == "retry":
             self.queue.append(attempt.unit)
         self.idle.append(attempt.actor_index)
 
     def inflight_units(self) -> list[WorkUnit]:
-        return [unit for unit, _, _ in self.inflight.values()]
+        """Units marked running and not recorded: in flight, or finished but not yet stored."""
+        return list(self.claimed.values())
 
 
 # --- one finished attempt --------------------------------------------------------------------------
 class AttemptRecorder:
     """What a finished attempt means (done / skipped / retry / failed), written to the store
-    and to the tally, with its line above the progress bar."""
+    (`store`, made from `engine` and `blobs` when not given) and to the tally, with its line
+    above the progress bar. A result is held here while its write is retried."""
 
     def __init__(self, engine: Engine, blobs: BlobStore, *, write_here: bool, max_attempts: int,
-                 labels: dict[str, str], tally: Tally, bar: SweepProgress):
-        self.engine, self.blobs, self.write_here = engine, blobs, write_here
+                 labels: dict[str, str], tally: Tally, bar: SweepProgress, store: StoreWrites | None = None):
+        self.store = store or StoreWrites(engine, blobs, url=engine.url.render_as_string(hide_password=False),
+                                          blob_root=blobs.root_uri)
+        self.write_here = write_here
         self.max_attempts, self.labels, self.tally, self.bar = max_attempts, labels, tally, bar
 
     def record(self, attempt: Attempt) -> str:
@@ -441,16 +672,16 @@ class AttemptRecorder:
         what = f"{key.task} {key.shard} [{self.labels.get(key.config_id, attempt.unit.method)}]"
         if attempt.status == "done":
             if self.write_here:
-                write_unit_result(self.engine, self.blobs, attempt.result)
+                self.store.call(write_unit_result, attempt.result, blobs=True)
             self.tally.done += 1
             seconds = time.perf_counter() - attempt.started
             return self._report("done", unit_line("done", what, seconds=seconds))
         if attempt.status == "skipped":
-            mark_skipped(self.engine, key, attempt.error)
+            self.store.call(mark_skipped, key, attempt.error)
             self.tally.skipped += 1
             return self._report("skipped", unit_line("skipped", what, error=attempt.error))
         final = attempt.deterministic or attempt.number >= self.max_attempts
-        mark_failed(self.engine, key, attempt.error, final=final)
+        self.store.call(mark_failed, key, attempt.error, final=final)
         if not final:
             return self._report("retry", unit_line("retry", what, attempt=attempt.number, error=attempt.error))
         self.tally.failed += 1
@@ -465,19 +696,21 @@ class AttemptRecorder:
 # --- the driver ------------------------------------------------------------------------------------
 def run_model_units(scheduler: ModelScheduler, recorder: AttemptRecorder, *, stop_after: int | None,
                     on_unit_done: Callable[[UnitEvent], None] | None) -> bool:
-    """Runs one model's units to the end; returns True when `stop_after` stopped it."""
-    while scheduler.busy():
-        scheduler.fill()
-        attempt = scheduler.collect()
-        status = recorder.record(attempt)
-        scheduler.finish(attempt, status)
-        finished = recorder.tally.finished
-        if stop_after is not None and finished >= stop_after:
-            return True
-        scheduler.fill()  # before the hook: it sees the actor already given its next unit
-        if on_unit_done is not None:
-            idx = attempt.actor_index
-            on_unit_done(UnitEvent(attempt.unit.key, status, scheduler.pool.actors[idx], idx, finished))
+    """Runs one model's units to the end; returns True when `stop_after` stopped it. A signal
+    cuts only the waits short (`interrupts.deferred`): a unit is claimed and recorded whole."""
+    with interrupts.deferred():
+        while scheduler.busy():
+            scheduler.fill()
+            attempt = scheduler.collect()
+            status = recorder.record(attempt)
+            scheduler.finish(attempt, status)
+            finished = recorder.tally.finished
+            if stop_after is not None and finished >= stop_after:
+                return True
+            scheduler.fill()  # before the hook: it sees the actor already given its next unit
+            if on_unit_done is not None:
+                idx = attempt.actor_index
+                on_unit_done(UnitEvent(attempt.unit.key, status, scheduler.pool.actors[idx], idx, finished))
     return False
 
 
@@ -491,53 +724,95 @@ def run_models(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder, bar
         store_args = _absolute_store(sweep.url, sweep.blob_root)
     for model, units in by_model(sweep.todo):
         pool = start_pool(spec, model, len(units), store_args, verbose=verbose)
-        scheduler = ModelScheduler(pool, units, sweep.engine, recorder.tally, bar)
+        scheduler = ModelScheduler(pool, units, sweep.store, recorder.tally, bar)
         try:
             if run_model_units(scheduler, recorder, stop_after=stop_after, on_unit_done=on_unit_done):
                 return True
         finally:
-            release_inflight(sweep.engine, scheduler.inflight_units())
-            pool.kill_all()
+            with interrupts.deferred():
+                # Actors first: one writing its own result must not store it after the release.
+                pool.kill_all()
+                left = scheduler.inflight_units()
+                recorder.tally.stopped_inflight += len(left)
+                recorder.tally.released += release_inflight(sweep.store, left)
     return False
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, *, stop_after: int | None = None,
               on_unit_done: Callable[[UnitEvent], None] | None = None, progress: bool = True,
-              shutdown: bool = True, verbose: bool = True) -> SweepSummary:
+              shutdown: bool = True, verbose: bool = True, retry: RetryPolicy | None = None) -> SweepSummary:
     """Runs `spec` to completion (see the module docstring).
 
     `stop_after=k` (test hook) stops once k units finished in this call, as an interrupted
     driver would: in-flight units go back to pending and the sweep stays running.
     `on_unit_done` (test hook) is called after each finished attempt.
     `verbose=False` hides third-party output in the actors and Ray's warnings (the CLI's default).
+    `retry`: how store writes are retried (`RetryPolicy`).
+    Raises `interrupts.SweepCancelled` (a KeyboardInterrupt) after SIGINT or SIGTERM, and
+    `StoreWriteError` when the store keeps refusing writes, each after the cleanup.
     """
     t0 = time.perf_counter()
-    sweep = open_sweep(spec)
-    bar = SweepProgress(len(sweep.units), sweep.previously_done, desc=sweep.sweep_id, enabled=progress)
-    bar.note(f"sweep {sweep.sweep_id}: {len(sweep.units)} units, {sweep.previously_done} already done, "
-             f"{len(sweep.todo)} to run; store {_safe(sweep.url)}, blobs {sweep.blob_root}")
-    tally = Tally()
-    recorder = AttemptRecorder(sweep.engine, sweep.blobs, write_here=spec.resources.write_results == "driver",
-                               max_attempts=spec.max_attempts, labels={c.config_id: c.label for c in spec.configs},
-                               tally=tally, bar=bar)
-    started_ray = connect_ray(address, verbose=verbose) if sweep.todo else False
+    with interrupts.handling():
+        sweep = open_sweep(spec, retry=retry)
+        bar = SweepProgress(len(sweep.units), sweep.previously_done, desc=sweep.sweep_id, enabled=progress)
+        bar.note(f"sweep {sweep.sweep_id}: {len(sweep.units)} units, {sweep.previously_done} already done, "
+                 f"{len(sweep.todo)} to run; store {_safe(sweep.url)}, blobs {sweep.blob_root}")
+        tally = Tally()
+        recorder = AttemptRecorder(sweep.engine, sweep.blobs, write_here=spec.resources.write_results == "driver",
+                                   max_attempts=spec.max_attempts, labels={c.config_id: c.label for c in spec.configs},
+                                   tally=tally, bar=bar, store=sweep.store)
+        try:
+            with ray_session(address, verbose=verbose, shutdown=shutdown) if sweep.todo else nullcontext():
+                interrupted = run_and_finish(spec, sweep, recorder, bar, stop_after=stop_after,
+                                             on_unit_done=on_unit_done, verbose=verbose)
+        except KeyboardInterrupt:
+            raise cancelled(sweep, tally) from None
+        except StoreWriteError as err:
+            err.unstored = tally.stopped_inflight
+            raise
+        finally:
+            bar.close()
+    return summarize(sweep, tally, interrupted=interrupted, seconds=time.perf_counter() - t0)
+
+
+def run_and_finish(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder, bar: SweepProgress, *,
+                   stop_after: int | None, on_unit_done: Callable[[UnitEvent], None] | None,
+                   verbose: bool) -> bool:
+    """`run_models`, then the sweep's status: done / failed, or cancelled by a signal (marked
+    before Ray shuts down: that takes seconds, and a SIGKILL may come meanwhile)."""
+    tally = recorder.tally
     try:
         interrupted = run_models(spec, sweep, recorder, bar, stop_after=stop_after,
                                  on_unit_done=on_unit_done, verbose=verbose)
-        if interrupted:
-            bar.note(f"stopped after {tally.finished} unit(s); run the same spec again to resume")
-        else:
-            finish_sweep(sweep.engine, sweep.sweep_id, "failed" if tally.failed else "done")
     except KeyboardInterrupt:
-        finish_sweep(sweep.engine, sweep.sweep_id, "cancelled")
+        with interrupts.deferred():
+            if sweep.store.best_effort(finish_sweep, sweep.sweep_id, "cancelled"):
+                tally.final_status = "cancelled"
         raise
-    finally:
-        bar.close()
-        if started_ray and shutdown:
-            import ray
+    if interrupted:
+        bar.note(f"stopped after {tally.finished} unit(s); run the same spec again to resume")
+    else:
+        with interrupts.deferred():
+            status = "failed" if tally.failed else "done"
+            sweep.store.call(finish_sweep, sweep.sweep_id, status)
+            tally.final_status = status
+    return interrupted
 
-            ray.shutdown()
-    return summarize(sweep, tally, interrupted=interrupted, seconds=time.perf_counter() - t0)
+
+def cancelled(sweep: OpenSweep, tally: Tally) -> interrupts.SweepCancelled:
+    """The exception (and its line) of a run stopped by a signal, after the cleanup."""
+    signum = interrupts.received() or signal.SIGINT
+    head = f"interrupted ({interrupts.signal_name(signum)})"
+    if tally.final_status in ("done", "failed"):
+        return interrupts.SweepCancelled(signum, f"{head} after the sweep ended ({tally.final_status})")
+    parts = [f"{head}: {tally.released} unit(s) back to pending"]
+    if tally.stopped_inflight > tally.released or tally.final_status != "cancelled":
+        why = _error_line(sweep.store.failed.error) if sweep.store.failed else "?"
+        parts.append(f"the store could not be updated ({why}); units left running run again on the next run")
+    if tally.final_status == "cancelled":
+        parts.append("the sweep is cancelled")
+    parts.append("run the same command to resume")
+    return interrupts.SweepCancelled(signum, "; ".join(parts))
 
 
 def summarize(sweep: OpenSweep, tally: Tally, *, interrupted: bool, seconds: float) -> SweepSummary:

@@ -21,15 +21,23 @@ stored. Third-party warnings, library logging below ERROR and progress bars (wei
 downloads), in this process and in the Ray actors, and Ray's own start-up warnings are hidden
 unless --verbose; errors always show.
 
-Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec or unreachable
-store/cluster, 130 interrupted.
+Exit status: 0 all units done or skipped, 1 some units failed, 2 invalid spec, unreachable
+store/cluster, or a store that kept refusing writes during the run (one line names it; the
+units not stored run again on the rerun), 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM.
+On SIGINT or SIGTERM the units in flight go back to pending, the sweep is marked cancelled,
+Ray is shut down with all its processes, and one line says so; the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .spec import SweepSpec
 
 DEFAULT_SPEC = "sweeps/smoke.yaml"
 
@@ -68,14 +76,31 @@ def to_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    if not args.verbose:  # first: importing the driver imports transformers and torch
+    """The command; SIGINT and SIGTERM end it with one line and 130 / 143 (`cluster.interrupts`)."""
+    from . import interrupts
+
+    with interrupts.handling():
+        try:
+            return _run(args)
+        except interrupts.SweepCancelled as err:  # the sweep's own cleanup ran: it says what it did
+            print(f"\nstreamkv sweep: {err}", file=sys.stderr, flush=True)
+            return interrupts.exit_code(err.signum)
+        except KeyboardInterrupt:  # before the sweep was registered, or after it ended
+            signum = interrupts.received() or signal.SIGINT
+            print(f"\nstreamkv sweep: interrupted ({interrupts.signal_name(signum)}); "
+                  "run the same command to resume", file=sys.stderr, flush=True)
+            return interrupts.exit_code(signum)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import isolation
+
+    if isolation.inside():  # first: if the process outside is gone already, stop now
+        isolation.enter_as_child()
+    if not args.verbose:  # before the driver's import, which imports transformers and torch
         from .progress import hide_third_party_output
 
         hide_third_party_output()
-    from store import StoreError
-
-    from .driver import ClusterConnectionError, report, run_sweep, sweep_results
-    from . import isolation
     from .checks import preflight
     from .plan import plan
     from .spec import MAX_UNITS, SpecError, apply_overrides, check_size, load_spec
@@ -108,9 +133,21 @@ def run_from_args(args: argparse.Namespace) -> int:
     if isolation.inside():
         print(f"streamkv sweep: network interfaces in this run: {', '.join(isolation.interfaces())}",
               flush=True)
+    return _run_spec(spec, args)
+
+
+def _run_spec(spec: SweepSpec, args: argparse.Namespace) -> int:
+    # Imported here: the process outside the namespace never needs the driver (nor torch).
+    from store import StoreError
+
+    from .driver import ClusterConnectionError, StoreWriteError, report, run_sweep, sweep_results
+
     try:
         summary = run_sweep(spec, address=args.address, progress=not args.no_progress, verbose=args.verbose)
         table = sweep_results(spec, summary.sweep_id)
+    except StoreWriteError as err:  # one line: what failed, where, what to do
+        print(f"\nstreamkv sweep: {err}", file=sys.stderr, flush=True)
+        return 2
     except StoreError as err:
         print(f"streamkv sweep: the results store is not usable: {err}\n"
               "Check --db / store.url (for PostgreSQL: is the server up and reachable from here, "
@@ -119,9 +156,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ClusterConnectionError as err:
         print(f"streamkv sweep: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nstreamkv sweep: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
     print(f"\nresults of {summary.sweep_id} (from the store, over all its stored units):\n{table}")
     report(summary)
     return 1 if summary.failed else 0
