@@ -151,19 +151,19 @@ class CompressedCausalLMMixin:
 
 
 class CompressedLlamaForCausalLM(CompressedCausalLMMixin, LlamaForCausalLM):
-    pass
+    """Llama (incl. Llama-3's RoPE scaling) with the chunked, compressed prefill."""
 
 
 class CompressedMistralForCausalLM(CompressedCausalLMMixin, MistralForCausalLM):
-    pass
+    """Mistral (without sliding-window layers) with the chunked, compressed prefill."""
 
 
 class CompressedQwen2ForCausalLM(CompressedCausalLMMixin, Qwen2ForCausalLM):
-    pass
+    """Qwen2 (attention biases) with the chunked, compressed prefill."""
 
 
 class CompressedQwen3ForCausalLM(CompressedCausalLMMixin, Qwen3ForCausalLM):
-    pass
+    """Qwen3 (q/k norms before RoPE) with the chunked, compressed prefill."""
 
 
 COMPRESSED_CLASSES: dict[str, type] = {
