@@ -2,7 +2,8 @@
 
     engine = create_store_engine("sqlite:///results/streamkv.db")   # migrates on first use
     blobs = BlobStore("results/blobs")
-    register_sweep(engine, ...); mark_running(engine, key, ...); write_unit_result(engine, blobs, r)
+    register_sweep(engine, ...); claim_unit(engine, key, driver_id, worker=..., device=...)
+    write_unit_result(engine, blobs, r)
 
 Reads for the dashboard and CLI live in `store.queries` (imports pandas; not loaded here).
 """
@@ -31,6 +32,7 @@ from .db import (
 from .entities import (
     UNIT_STATUSES,
     BlobRef,
+    Claim,
     SampleRow,
     SweepRecord,
     UnitKey,
@@ -38,21 +40,26 @@ from .entities import (
     UnitResult,
 )
 from .repository import (
+    DEFAULT_LEASE_S,
     UnknownSweepError,
     UnknownUnitError,
+    claim_unit,
     completed_units,
     finish_sweep,
     mark_failed,
     mark_running,
+    live_claims,
     mark_skipped,
     register_sweep,
+    renew_leases,
     sweep_progress,
     write_unit_result,
 )
 
 __all__ = [
-    "DEFAULT_URL", "UNIT_STATUSES", "BlobCorruptedError", "BlobError", "BlobNotFoundError",
-    "BlobRef", "BlobStore", "ReadOnlyQueryError", "SampleRow", "SchemaVersionError",
+    "DEFAULT_LEASE_S", "DEFAULT_URL", "UNIT_STATUSES", "BlobCorruptedError", "BlobError",
+    "BlobNotFoundError", "BlobRef", "BlobStore", "Claim", "claim_unit", "live_claims",
+    "renew_leases", "ReadOnlyQueryError", "SampleRow", "SchemaVersionError",
     "StoreConnectionError", "StoreError", "SweepRecord", "UnitKey", "UnitRecord", "UnitResult",
     "UnknownSweepError", "UnknownUnitError", "UnsafeBlobPathError", "completed_units",
     "create_store_engine", "ensure_schema", "finish_sweep", "mark_failed", "mark_running",

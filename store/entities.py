@@ -106,3 +106,21 @@ class UnitRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    claimed_by: str | None = None  # the driver of the latest claimed attempt
+    lease_until: datetime | None = None  # while running: until when that claim holds
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `store.claim_unit` did: `claimed` (this driver now runs the unit), or why not.
+
+    Not claimed: `status` is the unit's current one (running: `holder` is the other driver
+    whose lease is live; done / failed / skipped: it was finished, here or by another driver).
+    """
+
+    key: UnitKey
+    claimed: bool
+    status: str  # the unit's status after the call (running when claimed)
+    holder: str | None  # the driver that holds the unit (this one when claimed)
+    attempts: int  # the unit's attempt count after the call
+    took_over_from: str | None = None  # claimed from this driver, whose lease had passed

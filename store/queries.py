@@ -238,7 +238,8 @@ def unit_record(engine: Engine, key: UnitKey) -> UnitRecord | None:
         return None
     return UnitRecord(key=key, status=row.status, attempts=row.attempts, worker=row.worker,
                       device=row.device, started_at=row.started_at,
-                      finished_at=row.finished_at, error=row.error)
+                      finished_at=row.finished_at, error=row.error,
+                      claimed_by=row.claimed_by, lease_until=row.lease_until)
 
 
 def failures(engine: Engine, sweep_id: str | None = None) -> pd.DataFrame:

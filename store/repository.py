@@ -9,10 +9,10 @@ import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, delete, func, insert, select, update
+from sqlalchemy import Table, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -23,7 +23,7 @@ from streamkv.hashing import content_id
 
 from .blobs import BlobStore
 from .db import read_connection, session_scope
-from .entities import SWEEP_STATUSES, UNIT_STATUSES, BlobRef, UnitKey, UnitResult
+from .entities import SWEEP_STATUSES, UNIT_STATUSES, BlobRef, Claim, UnitKey, UnitResult
 from .schema import (
     SUMMARY_METRICS,
     BlobRow,
@@ -266,33 +266,128 @@ def completed_units(engine: Engine, sweep_id: str) -> set[UnitKey]:
         return {_key_of(r) for r in rows}
 
 
-def _set_unit(engine: Engine, key: UnitKey, **values: Any) -> int:
+def _set_unit(engine: Engine, key: UnitKey, *only_if: Any, **values: Any) -> int | None:
+    """Updates `key` where `only_if` holds; its attempts, or None when `only_if` did not hold."""
     with session_scope(engine) as s:
-        attempts = s.scalar(update(units_t).where(*_key_where(key)).values(**values)
+        attempts = s.scalar(update(units_t).where(*_key_where(key), *only_if).values(**values)
                             .returning(units_t.c.attempts))
-        if attempts is None:
+        if attempts is None and s.scalar(select(units_t.c.unit_id).where(*_key_where(key))) is None:
             raise UnknownUnitError(key)
-        return int(attempts)
+        return None if attempts is None else int(attempts)
 
 
 def mark_running(engine: Engine, key: UnitKey, worker: str, device: str) -> int:
-    """A worker starts `key`: status running, attempts + 1; returns the attempt number."""
-    return _set_unit(engine, key, status="running", attempts=units_t.c.attempts + 1,
-                     worker=worker, device=device, started_at=utcnow(), finished_at=None,
-                     error=None)
+    """A worker starts `key`: status running, attempts + 1; returns the attempt number.
+
+    Unconditional (any status, done included) and without a lease, so a driver can take the
+    unit over at once: for tools and tests that own the store. A driver claims units with
+    `claim_unit` instead, which never takes a unit another live driver runs or one finished.
+    """
+    attempts = _set_unit(engine, key, status="running", attempts=units_t.c.attempts + 1,
+                         worker=worker, device=device, started_at=utcnow(), finished_at=None,
+                         error=None, claimed_by=None, lease_until=None)
+    assert attempts is not None
+    return attempts
 
 
-def mark_failed(engine: Engine, key: UnitKey, error: str, final: bool) -> None:
-    """Records a failure; `final=False` puts the unit back to pending for a retry."""
+# --- claims: which driver runs a unit -----------------------------------------------------------
+# Leases compare the drivers' clocks (UTC, stored by each driver): they must agree to well
+# within a lease, as NTP-synchronized hosts do.
+DEFAULT_LEASE_S = 120.0
+
+
+def _claimable(now: datetime, retry_finished_before: datetime | None) -> Any:
+    """Units a driver may claim: pending ones, running ones whose lease has passed (or that have
+    none: left by a driver that died), and with `retry_finished_before` failed / skipped ones
+    that finished before it (a rerun retries those; ones finished since are never taken)."""
+    c = units_t.c
+    allowed = [c.status == "pending",
+               and_(c.status == "running", or_(c.lease_until.is_(None), c.lease_until < now))]
+    if retry_finished_before is not None:
+        allowed.append(and_(c.status.in_(("failed", "skipped")),
+                            c.finished_at < retry_finished_before))
+    return or_(*allowed)
+
+
+def claim_unit(engine: Engine, key: UnitKey, driver: str, *, worker: str, device: str,
+               lease_s: float = DEFAULT_LEASE_S,
+               retry_finished_before: datetime | None = None) -> Claim:
+    """Claims `key` for `driver`: running, attempts + 1, claimed_by = driver, a lease of
+    `lease_s` seconds (renew it with `renew_leases`), if the unit is claimable (`_claimable`).
+
+    One conditional UPDATE, so of several drivers claiming at once exactly one wins, on SQLite
+    (writers serialized by BEGIN IMMEDIATE) and PostgreSQL (the losers' UPDATE re-checks the
+    row the winner committed). A done unit is never claimed. Claiming a unit this driver
+    already runs is a no-op that says claimed (a retried claim whose first answer was lost).
+    The returned `Claim` says who holds the unit when it was not claimed.
+    """
+    if not driver or len(driver) > 128:
+        raise ValueError(f"driver id {driver!r} must be 1 to 128 characters")
+    now = utcnow()
+    cols = (units_t.c.status, units_t.c.claimed_by, units_t.c.attempts)
+    with session_scope(engine) as s:
+        before = s.execute(select(*cols).where(*_key_where(key))).first()
+        if before is None:
+            raise UnknownUnitError(key)
+        attempts = s.scalar(
+            update(units_t).where(*_key_where(key), _claimable(now, retry_finished_before))
+            .values(status="running", attempts=units_t.c.attempts + 1, worker=worker,
+                    device=device, started_at=now, finished_at=None, error=None,
+                    claimed_by=driver, lease_until=now + timedelta(seconds=lease_s))
+            .returning(units_t.c.attempts))
+        if attempts is not None:
+            # `before` is exact on SQLite; on PostgreSQL a racing claim may make it stale, so
+            # it feeds only a message, never the decision (the UPDATE's WHERE decides).
+            took = before.claimed_by if before.status == "running" else None
+            return Claim(key, True, "running", driver, int(attempts), took_over_from=took)
+        now_row = s.execute(select(*cols).where(*_key_where(key))).one()
+        # Already this driver's: a claim retried after its commit's answer was lost.
+        mine = now_row.status == "running" and now_row.claimed_by == driver
+        return Claim(key, mine, now_row.status, now_row.claimed_by, int(now_row.attempts))
+
+
+def renew_leases(engine: Engine, driver: str, lease_s: float = DEFAULT_LEASE_S) -> int:
+    """Extends the lease of every unit `driver` is running by `lease_s` from now (one UPDATE);
+    returns how many. A unit another driver took over is no longer this driver's to renew."""
+    with session_scope(engine) as s:
+        res = s.execute(update(units_t)
+                        .where(units_t.c.claimed_by == driver, units_t.c.status == "running")
+                        .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+        return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def live_claims(engine: Engine, sweep_id: str) -> dict[UnitKey, str]:
+    """Running units of `sweep_id` whose lease has not passed: key -> the driver holding it."""
+    with read_connection(engine) as conn:
+        rows = conn.execute(select(*(units_t.c[n] for n in KEY_COLUMNS), units_t.c.claimed_by)
+                            .where(units_t.c.sweep_id == sweep_id, units_t.c.status == "running",
+                                   units_t.c.lease_until >= utcnow()))
+        return {_key_of(r): r.claimed_by for r in rows}
+
+
+def _held_by(driver: str | None) -> list[Any]:
+    """With a driver id: only while that driver still holds the unit (it may have lost it to
+    another driver after its lease passed, or the unit may be done already)."""
+    if driver is None:
+        return []
+    return [units_t.c.claimed_by == driver, units_t.c.status == "running"]
+
+
+def mark_failed(engine: Engine, key: UnitKey, error: str, final: bool, *,
+                driver: str | None = None) -> bool:
+    """Records a failure and ends the lease; `final=False` puts the unit back to pending for a
+    retry. With `driver`, only if that driver still holds the unit; returns whether it did."""
     text = _text(str(error))
     if len(text) > MAX_ERROR_CHARS:  # keep the end: that is where the traceback's cause is
         text = "...[truncated]...\n" + text[-MAX_ERROR_CHARS:]
-    _set_unit(engine, key, status="failed" if final else "pending", error=text,
-              finished_at=utcnow())
+    return _set_unit(engine, key, *_held_by(driver), status="failed" if final else "pending",
+                     error=text, finished_at=utcnow(), lease_until=None) is not None
 
 
-def mark_skipped(engine: Engine, key: UnitKey, reason: str) -> None:
-    _set_unit(engine, key, status="skipped", error=_text(reason), finished_at=utcnow())
+def mark_skipped(engine: Engine, key: UnitKey, reason: str, *, driver: str | None = None) -> bool:
+    """The unit cannot run here (e.g. a missing backend); `driver` as in `mark_failed`."""
+    return _set_unit(engine, key, *_held_by(driver), status="skipped", error=_text(reason),
+                     finished_at=utcnow(), lease_until=None) is not None
 
 
 def sweep_progress(engine: Engine, sweep_id: str) -> dict[str, int]:
@@ -374,6 +469,11 @@ def write_unit_result(engine: Engine, blobs: BlobStore, result: UnitResult, *,
     the unit's summary, metrics, samples and blob rows and sets status=done, so a retried or
     duplicated writer leaves exactly one copy. `before_commit` is a test hook called inside
     that transaction, after all rows are written.
+
+    Claims are not checked: a result computed by a driver that lost its claim (its lease passed
+    while it was stalled) is still a valid result of the unit, and storing it is idempotent.
+    Claims exist so that a unit is not computed twice; writing it twice costs nothing. The
+    write ends the unit's lease (claimed_by stays, as a record of who ran it).
     """
     crow = _check_result(result)
     refs = [blobs.put_table(kind, table) for kind, table in sorted(result.traces.items())]
@@ -397,7 +497,7 @@ def write_unit_result(engine: Engine, blobs: BlobStore, result: UnitResult, *,
                 if refs:
                     s.execute(insert(blobs_t), [_blob_row(unit_id, ref) for ref in refs])
                 done: dict[str, Any] = {
-                    "status": "done", "error": None,
+                    "status": "done", "error": None, "lease_until": None,
                     "finished_at": result.finished_at or utcnow(),
                     "attempts": case((units_t.c.attempts < 1, 1), else_=units_t.c.attempts),
                 }

@@ -27,7 +27,12 @@ units          one row per unit of work = (sweep_id, model_id, config_id, task, 
   unit_id (PK, surrogate), sweep_id (FK sweeps), model_id, config_id (FK configs), task,
   shard ("i/n"), status (pending | running | done | failed | skipped), attempts (how many
   times a worker started it), worker, device, started_at, finished_at (of the latest
-  attempt), error (text of the latest failure).  UNIQUE(sweep_id, model_id, config_id, task, shard).
+  attempt), error (text of the latest failure), claimed_by (id of the driver that claimed the
+  latest attempt: "<host>:<pid>:<random>"; kept after the attempt ends, NULL when the attempt
+  was not claimed), lease_until (while running: until when the claim holds; the driver renews
+  it while the unit runs, and NULL once the attempt ends). A running unit whose lease_until has
+  passed (or is NULL) belongs to a driver that died: another driver may claim it.
+  UNIQUE(sweep_id, model_id, config_id, task, shard).
 
 unit_summaries one row per finished unit (unit_id PK, FK units).
   method, n_samples, score, perplexity, kl, top1_agreement (copies of the metrics of the same
@@ -170,6 +175,7 @@ class UnitRow(Base):
         ),
         Index(None, "sweep_id", "status"),
         Index(None, "finished_at"),
+        Index(None, "claimed_by"),  # a driver's lease renewal finds its units
     )
 
     unit_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -187,6 +193,8 @@ class UnitRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 def _unit_fk() -> ForeignKey:

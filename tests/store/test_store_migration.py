@@ -16,7 +16,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine, make_url
 
 from store import (
@@ -231,5 +231,27 @@ def test_a_sqlite_migration_leaving_dangling_rows_is_rolled_back(tmp_path):
     engine = _plain_engine(f"sqlite:///{path}")
     try:
         assert current_revision(engine) == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_to_0002_drops_only_the_claim_columns(old_db):
+    create_store_engine(old_db).dispose()
+    engine = _plain_engine(old_db)
+    try:
+        with engine.connect() as conn:
+            assert {"claimed_by", "lease_until"} <= set(
+                conn.execute(text("SELECT * FROM units WHERE 1 = 0")).keys())
+        command.downgrade(alembic_config(old_db), "0002")
+        assert current_revision(engine) == "0002"
+        with engine.connect() as conn:
+            names = set(conn.execute(text("SELECT * FROM units WHERE 1 = 0")).keys())
+            indexes = {ix["name"] for ix in inspect(conn).get_indexes("units")}
+        assert not names & {"claimed_by", "lease_until"} and "ix_units_claimed_by" not in indexes
+        assert {"status", "attempts", "worker", "error"} <= names
+        assert_nothing_lost(engine)  # the views still work on the table they name
+        upgrade(old_db)
+        assert_nothing_lost(engine)
+        assert_schema_is_the_orm(engine)
     finally:
         engine.dispose()

@@ -1,5 +1,6 @@
 """Several processes (spawned) writing into one store: 8 concurrent writers, two writers racing
-on the same units, and a writer killed (SIGKILL) inside its transaction."""
+on the same units, drivers racing to claim the same units, and a writer killed (SIGKILL) inside
+its transaction."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from store import (
     BlobStore,
     UnitKey,
     UnitResult,
+    claim_unit,
     completed_units,
     create_store_engine,
     mark_running,
@@ -58,6 +60,17 @@ def _writer_task(url: str, blob_root: str, barrier_dir: str, n_peers: int,
     finally:
         engine.dispose()
     return os.getpid()
+
+
+def _claimer_task(url: str, barrier_dir: str, n_peers: int, driver: str,
+                  keys: list[UnitKey]) -> list[UnitKey]:
+    engine = create_store_engine(url)
+    try:
+        _wait_for_peers(barrier_dir, n_peers)
+        return [k for k in keys
+                if claim_unit(engine, k, driver, worker=driver, device="cpu").claimed]
+    finally:
+        engine.dispose()
 
 
 def _write_then_hang(url: str, blob_root: str, result: UnitResult, signal_path: str) -> None:
@@ -162,6 +175,28 @@ def test_two_writers_racing_on_the_same_units_leave_one_copy(db_url, tmp_path, p
             assert {s.extra["tag"] for s in stored.samples} == {tag}
             assert set(stored.traces["outlier_channels"].column("tag").to_pylist()) == {tag}
             assert queries.unit_record(engine, key).attempts == 2
+    finally:
+        engine.dispose()
+
+
+def test_drivers_racing_to_claim_the_same_units_claim_each_once(db_url, tmp_path, pool):
+    cfg = INT8
+    keys = [UnitKey("claims", "m", cid(cfg), "t", f"{i}/24") for i in range(24)]
+    engine = create_store_engine(db_url)
+    try:
+        register_sweep(engine, "claims", "claims", {}, keys, [cfg])
+        barrier = tmp_path / "barrier"
+        barrier.mkdir()
+        n = 4
+        futures = [pool.submit(_claimer_task, db_url, str(barrier), n, f"driver-{d}",
+                               keys[d::2] + keys)  # some start elsewhere, all try everything
+                   for d in range(n)]
+        won = [f.result(timeout=120) for f in futures]
+        assert sorted(k for ks in won for k in ks) == sorted(keys)
+        for key in keys:
+            record = queries.unit_record(engine, key)
+            assert record.attempts == 1 and record.status == "running"
+            assert key in won[int(record.claimed_by.rsplit("-", 1)[1])]
     finally:
         engine.dispose()
 
