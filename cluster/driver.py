@@ -10,7 +10,7 @@ Who writes results (`resources.write_results`):
 - "driver" (default): the actor returns the `UnitResult` and the driver writes it. SQLite has a
   single writer anyway, the store only has to be reachable from the driver (a laptop's SQLite
   file, a port-forwarded PostgreSQL), and the driver sees the write fail or succeed in order
-  with `mark_running`/`mark_failed`. A unit's result is small (metrics, per-sample rows and a
+  with `claim_unit`/`mark_failed`. A unit's result is small (metrics, per-sample rows and a
   few Parquet tables), so shipping it through the object store costs little.
 - "actor": each actor writes its own result (`store.write_unit_result`) and returns a brief.
   Use it with PostgreSQL and many actors: writes (and the blob uploads to s3) run in
@@ -30,7 +30,20 @@ Failures:
   at once, without using up `max_attempts`.
 - `MethodUnavailable` (the method cannot run here, e.g. an HF backend that is not installed):
   `mark_skipped` with the reason.
-`mark_running` (attempts + 1 in the store) precedes every attempt.
+A claim (`claim_unit`: attempts + 1, this driver's id and a lease in the store) precedes every
+attempt.
+
+Claims: each run has a driver id (`<host>:<pid>:<random>`). A unit is claimed just before it is
+submitted, with a conditional update that only takes pending units, running ones whose lease has
+passed (their driver died) and failed / skipped ones finished before this run began (a rerun
+retries them); so two drivers on one sweep split its units, each computed once. A unit held by
+another live driver is skipped and counted ("N unit(s) are being run by another driver (<id>);
+skipped"); one finished by another meanwhile is never reclaimed. While units run, the driver
+renews its leases (`renew_leases`, one UPDATE at most every `HEARTBEAT_S` seconds, between the
+`ray.wait` calls of the loop and of a model's loading); an attempt's end releases its lease.
+Failures and releases are recorded only while this driver still holds the unit. The sweep is
+marked done / failed only by the driver that finds no unit left: none pending, none running
+elsewhere.
 
 Interruption (`cluster/interrupts.py`): during `run_sweep` SIGTERM is handled like Ctrl-C
 (SIGINT). The first signal stops the run; repeated ones (a second Ctrl-C, the copy forwarded
@@ -78,23 +91,31 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections import deque
+import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from store import BlobStore, StoreError, create_store_engine
-from store.entities import UnitKey
+from store.entities import Claim, UnitKey
 from store.repository import (
+    DEFAULT_LEASE_S,
+    claim_unit,
     completed_units,
     finish_sweep,
+    live_claims,
     mark_failed,
-    mark_running,
     mark_skipped,
     register_sweep,
+    renew_leases,
+    sweep_progress,
+    utcnow,
     write_unit_result,
 )
 from workers.actor import UnitWorker
@@ -107,6 +128,10 @@ from .spec import SweepSpec
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+# A claim's lease runs DEFAULT_LEASE_S (120 s) from its last renewal, renewed every HEARTBEAT_S
+# (one UPDATE): another driver takes a unit over only after its driver stalled for ~2 minutes.
+HEARTBEAT_S = 10.0
 
 
 class ClusterConnectionError(RuntimeError):
@@ -127,6 +152,10 @@ class SweepSummary:
     blob_root: str = ""
     seconds: float = 0.0
     failures: tuple[tuple[UnitKey, str], ...] = ()
+    # units left to other drivers: (driver id, how many); part of `skipped`
+    elsewhere: tuple[tuple[str, int], ...] = ()
+    finished_elsewhere: int = 0  # units another driver finished during this run; in `skipped`
+    taken_over: tuple[tuple[str, int], ...] = ()  # units claimed from drivers whose lease passed
 
 
 @dataclass(frozen=True)
@@ -446,10 +475,18 @@ class OpenSweep:
     units: list[WorkUnit]
     todo: list[WorkUnit]
     store: StoreWrites
+    driver_id: str = ""
+    started_at: datetime | None = None  # failed / skipped units finished before are retried
+    held: dict[UnitKey, str] = field(default_factory=dict)  # run by other drivers at the start
 
     @property
     def previously_done(self) -> int:
-        return len(self.units) - len(self.todo)
+        return len(self.units) - len(self.todo) - len(self.held)
+
+
+def new_driver_id() -> str:
+    """This run's id in the store's claims: readable (host, pid) and unique (random)."""
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def open_store(url: str) -> Engine:
@@ -466,22 +503,27 @@ def open_sweep(spec: SweepSpec, *, retry: RetryPolicy | None = None) -> OpenSwee
     units = plan(spec)
     sweep_id = spec.resolved_sweep_id
     url, blob_root = spec.store.resolved_url, spec.store.resolved_blobs
+    blobs = BlobStore(blob_root)  # first: a refused blob root leaves no database behind
+    started_at = utcnow()
     engine = open_store(url)
-    blobs = BlobStore(blob_root)
     store = StoreWrites(engine, blobs, url=url, blob_root=str(blob_root), retry=retry)
     configs = list({u.key.config_id: u.config.to_dict() for u in units}.values())
     store.call(register_sweep, sweep_id, spec.name, spec.to_dict(), [u.key for u in units], configs,
                created_by=f"{os.environ.get('USER', '?')}@{socket.gethostname()}")
     done_keys = store.call(completed_units, sweep_id)
+    held = store.call(live_claims, sweep_id)  # not even an actor is started for those
     return OpenSweep(sweep_id=sweep_id, engine=engine, blobs=blobs, url=url, blob_root=blob_root,
-                     units=units, todo=[u for u in units if u.key not in done_keys], store=store)
+                     units=units, todo=[u for u in units if u.key not in done_keys and u.key not in held],
+                     store=store, driver_id=new_driver_id(), started_at=started_at, held=held)
 
 
-def release_inflight(store: StoreWrites, units: list[WorkUnit]) -> int:
+def release_inflight(store: StoreWrites, units: list[WorkUnit], driver: str | None = None) -> int:
     """Units whose attempt was still running when the driver stopped: back to pending (best
-    effort: a unit left `running` runs again on the next run anyway). Returns how many."""
+    effort: a unit left `running` runs again on the next run anyway; with `driver`, only those
+    it still holds). Returns how many."""
     reason = "interrupted: the driver stopped before this unit finished"
-    return sum(store.best_effort(mark_failed, unit.key, reason, False) for unit in units)
+    release = partial(mark_failed, driver=driver)
+    return sum(store.best_effort(release, unit.key, reason, False) for unit in units)
 
 
 # --- one model's actors ----------------------------------------------------------------------------
@@ -500,14 +542,15 @@ class ActorPool:
     def __len__(self) -> int:
         return len(self.actors)
 
-    def describe(self, idx: int) -> dict[str, Any]:
-        """worker and device of actor `idx` (cached); the first call waits for its model."""
+    def describe(self, idx: int, wait: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        """worker and device of actor `idx` (cached); the first call waits for its model
+        (with `wait(ref)`, default `ray.get`)."""
         import ray
         from ray.exceptions import RayActorError
 
         if idx not in self._described:
             try:
-                self._described[idx] = ray.get(self.actors[idx].describe.remote())
+                self._described[idx] = (wait or ray.get)(self.actors[idx].describe.remote())
             except RayActorError as err:
                 raise RuntimeError(f"the worker actor for model {self.model!r} could not start: {err}") from err
         return self._described[idx]
@@ -559,6 +602,9 @@ class Tally:
     skipped: int = 0
     attempts: int = 0  # attempts started
     failures: list[tuple[UnitKey, str]] = field(default_factory=list)
+    elsewhere: Counter[str] = field(default_factory=Counter)  # driver -> units it runs instead
+    finished_elsewhere: int = 0  # units another driver finished after this run began
+    taken_over: Counter[str] = field(default_factory=Counter)  # driver -> units claimed from it
     stopped_inflight: int = 0  # units claimed but not recorded when the run stopped
     released: int = 0  # of those, put back to pending
     final_status: str = ""  # the sweep's status as this call stored it
@@ -583,19 +629,26 @@ class Attempt:
 
 
 class ModelScheduler:
-    """A dynamic queue over one model's pool: an idle actor gets the next unit, `collect` waits
-    (`ray.wait`) for whichever attempt finishes first. The driver's loop runs
-    `interrupts.deferred()`: a signal only cuts the waits short, so `claimed` (marked running
-    in the store, not recorded yet) is always what an interruption has to put back."""
+    """A dynamic queue over one model's pool: an idle actor gets the next unit it can claim,
+    `collect` waits (`ray.wait`) for whichever attempt finishes first, renewing the leases of
+    the units in flight every `heartbeat_s` seconds meanwhile. The driver's loop runs
+    `interrupts.deferred()`: a signal only cuts the waits short, so `claimed` (claimed in the
+    store, not recorded yet) is always what an interruption has to put back."""
+
+    lease_s = DEFAULT_LEASE_S
+    heartbeat_s = HEARTBEAT_S
 
     def __init__(self, pool: ActorPool, units: list[WorkUnit], store: StoreWrites, tally: Tally,
-                 bar: SweepProgress):
+                 bar: SweepProgress, *, driver: str | None = None, since: datetime | None = None):
         self.pool, self.store, self.tally, self.bar = pool, store, tally, bar
+        self.driver = driver or new_driver_id()
+        self.since = since  # failed / skipped units finished before this are retried
         self.queue: deque[WorkUnit] = deque(units)
         self.idle = list(range(len(pool)))[::-1]
         self.inflight: dict[Any, tuple[WorkUnit, int, float]] = {}  # ref -> unit, actor, start
         self.claimed: dict[UnitKey, WorkUnit] = {}
         self.tries: dict[UnitKey, int] = {}
+        self._renewed = time.monotonic()
 
     def busy(self) -> bool:
         return bool(self.queue or self.inflight)
@@ -606,16 +659,53 @@ class ModelScheduler:
             self._submit(self.idle.pop())
 
     def _submit(self, idx: int) -> None:
-        with interrupts.interruptible():  # the first call waits for the actor's model to load
-            info = self.pool.describe(idx)
-        unit = self.queue.popleft()
-        self.store.call(mark_running, unit.key, worker=info["worker"], device=info["device"])
+        """Actor `idx` gets the next unit this driver can claim (it stays idle if none)."""
+        info = self.pool.describe(idx, wait=self._wait_for)  # the first waits for the model
+        while self.queue:
+            unit = self.queue.popleft()
+            claim = self.store.call(claim_unit, unit.key, self.driver, worker=info["worker"],
+                                    device=info["device"], lease_s=self.lease_s,
+                                    retry_finished_before=self.since)
+            if claim.claimed:
+                break
+            self._not_claimed(claim)
+        else:
+            self.idle.append(idx)
+            return
         self.claimed[unit.key] = unit
+        if claim.took_over_from:
+            self.tally.taken_over[claim.took_over_from] += 1
         self.tries[unit.key] = self.tries.get(unit.key, 0) + 1
         self.tally.attempts += 1
         ref = self.pool.actors[idx].run_unit.remote(unit)
         self.inflight[ref] = (unit, idx, time.perf_counter())
         self.bar.started()
+
+    def _not_claimed(self, claim: Claim) -> None:
+        """A unit another driver runs, or finished since this run began: counted as skipped."""
+        if claim.status == "running":
+            self.tally.elsewhere[claim.holder or "?"] += 1
+        else:
+            self.tally.finished_elsewhere += 1
+        self.bar.skipped()
+
+    def heartbeat(self) -> None:
+        """Renews this driver's leases if `heartbeat_s` passed since the last renewal."""
+        if time.monotonic() - self._renewed >= self.heartbeat_s:
+            self.store.call(renew_leases, self.driver, self.lease_s)
+            self._renewed = time.monotonic()
+
+    def _wait_for(self, ref: Any) -> Any:
+        """ray.get(ref), renewing the leases while it waits (an actor loading its model); a
+        signal cuts only the wait short, never a renewal."""
+        import ray
+
+        while True:
+            with interrupts.interruptible():
+                ready, _ = ray.wait([ref], timeout=self.heartbeat_s)
+            if ready:
+                return ray.get(ref)
+            self.heartbeat()
 
     def collect(self) -> Attempt:
         """The next finished attempt; an actor Ray gave up on is replaced first."""
@@ -624,8 +714,11 @@ class ModelScheduler:
 
         from streamkv.methods import MethodUnavailable
 
-        with interrupts.interruptible():
-            ready, _ = ray.wait(list(self.inflight), num_returns=1)
+        ready: list[Any] = []
+        while not ready:
+            self.heartbeat()
+            with interrupts.interruptible():
+                ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self.heartbeat_s)
         unit, idx, started = self.inflight.pop(ready[0])
         done = dict(unit=unit, actor_index=idx, number=self.tries[unit.key], started=started)
         try:
@@ -660,11 +753,13 @@ class AttemptRecorder:
     above the progress bar. A result is held here while its write is retried."""
 
     def __init__(self, engine: Engine, blobs: BlobStore, *, write_here: bool, max_attempts: int,
-                 labels: dict[str, str], tally: Tally, bar: SweepProgress, store: StoreWrites | None = None):
+                 labels: dict[str, str], tally: Tally, bar: SweepProgress, store: StoreWrites | None = None,
+                 driver: str | None = None):
         self.store = store or StoreWrites(engine, blobs, url=engine.url.render_as_string(hide_password=False),
                                           blob_root=blobs.root_uri)
         self.write_here = write_here
         self.max_attempts, self.labels, self.tally, self.bar = max_attempts, labels, tally, bar
+        self.driver = driver  # a failure is recorded only while this driver holds the unit
 
     def record(self, attempt: Attempt) -> str:
         """Returns the status: done | skipped | retry | failed."""
@@ -677,11 +772,11 @@ class AttemptRecorder:
             seconds = time.perf_counter() - attempt.started
             return self._report("done", unit_line("done", what, seconds=seconds))
         if attempt.status == "skipped":
-            self.store.call(mark_skipped, key, attempt.error)
+            self.store.call(mark_skipped, key, attempt.error, driver=self.driver)
             self.tally.skipped += 1
             return self._report("skipped", unit_line("skipped", what, error=attempt.error))
         final = attempt.deterministic or attempt.number >= self.max_attempts
-        self.store.call(mark_failed, key, attempt.error, final=final)
+        self.store.call(mark_failed, key, attempt.error, final=final, driver=self.driver)
         if not final:
             return self._report("retry", unit_line("retry", what, attempt=attempt.number, error=attempt.error))
         self.tally.failed += 1
@@ -701,6 +796,8 @@ def run_model_units(scheduler: ModelScheduler, recorder: AttemptRecorder, *, sto
     with interrupts.deferred():
         while scheduler.busy():
             scheduler.fill()
+            if not scheduler.inflight:  # every unit left was claimed by other drivers
+                break
             attempt = scheduler.collect()
             status = recorder.record(attempt)
             scheduler.finish(attempt, status)
@@ -724,7 +821,8 @@ def run_models(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder, bar
         store_args = _absolute_store(sweep.url, sweep.blob_root)
     for model, units in by_model(sweep.todo):
         pool = start_pool(spec, model, len(units), store_args, verbose=verbose)
-        scheduler = ModelScheduler(pool, units, sweep.store, recorder.tally, bar)
+        scheduler = ModelScheduler(pool, units, sweep.store, recorder.tally, bar,
+                                   driver=sweep.driver_id, since=sweep.started_at)
         try:
             if run_model_units(scheduler, recorder, stop_after=stop_after, on_unit_done=on_unit_done):
                 return True
@@ -734,7 +832,7 @@ def run_models(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder, bar
                 pool.kill_all()
                 left = scheduler.inflight_units()
                 recorder.tally.stopped_inflight += len(left)
-                recorder.tally.released += release_inflight(sweep.store, left)
+                recorder.tally.released += release_inflight(sweep.store, left, driver=sweep.driver_id)
     return False
 
 
@@ -757,10 +855,11 @@ def run_sweep(spec: SweepSpec, address: str | None = None, *, stop_after: int | 
         bar = SweepProgress(len(sweep.units), sweep.previously_done, desc=sweep.sweep_id, enabled=progress)
         bar.note(f"sweep {sweep.sweep_id}: {len(sweep.units)} units, {sweep.previously_done} already done, "
                  f"{len(sweep.todo)} to run; store {_safe(sweep.url)}, blobs {sweep.blob_root}")
-        tally = Tally()
+        tally = Tally(elsewhere=Counter(sweep.held.values()))
+        bar.skipped(len(sweep.held))
         recorder = AttemptRecorder(sweep.engine, sweep.blobs, write_here=spec.resources.write_results == "driver",
                                    max_attempts=spec.max_attempts, labels={c.config_id: c.label for c in spec.configs},
-                                   tally=tally, bar=bar, store=sweep.store)
+                                   tally=tally, bar=bar, store=sweep.store, driver=sweep.driver_id)
         try:
             with ray_session(address, verbose=verbose, shutdown=shutdown) if sweep.todo else nullcontext():
                 interrupted = run_and_finish(spec, sweep, recorder, bar, stop_after=stop_after,
@@ -793,10 +892,20 @@ def run_and_finish(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder,
         bar.note(f"stopped after {tally.finished} unit(s); run the same spec again to resume")
     else:
         with interrupts.deferred():
-            status = "failed" if tally.failed else "done"
-            sweep.store.call(finish_sweep, sweep.sweep_id, status)
-            tally.final_status = status
+            tally.final_status = close_sweep(sweep, tally) or ""
     return interrupted
+
+
+def close_sweep(sweep: OpenSweep, tally: Tally) -> str | None:
+    """Marks the sweep done (failed: some unit failed, here or elsewhere) when no unit is left:
+    none pending and none running under another driver, which will close it when it ends.
+    Returns the status set, None when the sweep stays running."""
+    counts = sweep.store.call(sweep_progress, sweep.sweep_id)
+    if counts["pending"] or counts["running"]:
+        return None
+    status = "failed" if tally.failed or counts["failed"] else "done"
+    sweep.store.call(finish_sweep, sweep.sweep_id, status)
+    return status
 
 
 def cancelled(sweep: OpenSweep, tally: Tally) -> interrupts.SweepCancelled:
@@ -816,12 +925,19 @@ def cancelled(sweep: OpenSweep, tally: Tally) -> interrupts.SweepCancelled:
 
 
 def summarize(sweep: OpenSweep, tally: Tally, *, interrupted: bool, seconds: float) -> SweepSummary:
+    elsewhere = sum(tally.elsewhere.values()) + tally.finished_elsewhere
     return SweepSummary(
         sweep_id=sweep.sweep_id, succeeded=tally.done, failed=tally.failed,
-        skipped=tally.skipped + sweep.previously_done, total=len(sweep.units),
+        skipped=tally.skipped + sweep.previously_done + elsewhere, total=len(sweep.units),
         previously_done=sweep.previously_done, attempts=tally.attempts, interrupted=interrupted,
         db_url=_safe(sweep.url), blob_root=sweep.blob_root, seconds=seconds,
-        failures=tuple(tally.failures))
+        failures=tuple(tally.failures), elsewhere=tuple(sorted(tally.elsewhere.items())),
+        finished_elsewhere=tally.finished_elsewhere,
+        taken_over=tuple(sorted(tally.taken_over.items())))
+
+
+def _drivers(counts: tuple[tuple[str, int], ...]) -> tuple[int, str]:
+    return sum(n for _, n in counts), ", ".join(d for d, _ in counts)
 
 
 # --- after the run ---------------------------------------------------------------------------------
@@ -858,6 +974,15 @@ def report(summary: SweepSummary, file=sys.stdout) -> None:
           f"in {summary.seconds:.0f}s", file=file)
     for key, error in summary.failures[:20]:
         print(f"  failed {key.model_id} {key.config_id} {key.task} {key.shard}: {first_line(error)}", file=file)
+    if summary.elsewhere:
+        n, who = _drivers(summary.elsewhere)
+        print(f"{n} unit(s) are being run by another driver ({who}); skipped", file=file)
+    if summary.finished_elsewhere:
+        print(f"{summary.finished_elsewhere} unit(s) were finished by another driver during this run; "
+              "skipped", file=file)
+    if summary.taken_over:
+        n, who = _drivers(summary.taken_over)
+        print(f"{n} unit(s) taken over from a driver whose lease had passed ({who})", file=file)
     print(f"results: database {summary.db_url}\n         blobs    {summary.blob_root}", file=file)
     print(f"open the dashboard: streamkv dashboard --db '{summary.db_url}' --blobs '{summary.blob_root}'",
           file=file)

@@ -83,6 +83,13 @@ class SweepProgress:
         if not self.tty:
             self._log_bar(force=False)
 
+    def skipped(self, n: int = 1) -> None:
+        """`n` units that this run will not start (another driver runs or ran them)."""
+        if n:
+            self.counts["skipped"] += n
+            self.bar.update(n)
+            self._postfix()
+
     def note(self, line: str) -> None:
         if not self.enabled:
             return
