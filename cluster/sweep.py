@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_spec(spec: SweepSpec, args: argparse.Namespace) -> int:
     # Imported here: the process outside the namespace never needs the driver (nor torch).
-    from store import StoreError
+    from store import BlobError, StoreError
 
     from .driver import ClusterConnectionError, StoreWriteError, report, run_sweep, sweep_results
 
@@ -155,6 +155,9 @@ def _run_spec(spec: SweepSpec, args: argparse.Namespace) -> int:
         return 2
     except ClusterConnectionError as err:
         print(f"streamkv sweep: {err}", file=sys.stderr)
+        return 2
+    except BlobError as err:  # e.g. a relative blob root outside the working directory
+        print(f"streamkv sweep: the blob store is not usable: {err}", file=sys.stderr)
         return 2
     print(f"\nresults of {summary.sweep_id} (from the store, over all its stored units):\n{table}")
     report(summary)

@@ -4,16 +4,25 @@ A blob lives at `<root>/<kind>/<sha[:2]>/<sha>.parquet` where `sha` is the sha25
 Parquet file's bytes. The database stores only the relative part, so a row can never point
 outside the root, and the files are plain Parquet that pandas, pyarrow or duckdb read
 without this code, e.g. `SELECT * FROM read_parquet('results/blobs/outlier_channels/*/*.parquet')`.
+
+Local roots: a relative root must stay inside the working directory (`../x` is refused; give
+an absolute path to use a folder elsewhere), and nothing inside the root is reached through a
+symlink: every component below the root is opened with O_NOFOLLOW, so a planted link (to
+another user's file, to /etc) is refused with an error naming it, on read and write alike.
+An existing file is reused only when its size and sha256 match; otherwise it is rewritten.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
@@ -32,7 +41,8 @@ class BlobError(Exception):
 
 
 class UnsafeBlobPathError(BlobError, ValueError):
-    """A blob URI that is not a plain relative path inside the blob root."""
+    """A blob URI that is not a plain relative path inside the blob root, a relative root that
+    leaves the working directory, or a symlink inside the root."""
 
 
 class BlobNotFoundError(BlobError, FileNotFoundError):
@@ -73,20 +83,43 @@ def schema_json(schema: pa.Schema) -> str:
                        for f in schema])
 
 
+def local_root(root: str) -> str:
+    """The absolute path of a local blob root. A relative root must stay inside the working
+    directory: `../shared/blobs` typed (or read from a spec) by mistake would write elsewhere
+    unnoticed; an absolute path says the folder is meant."""
+    if not os.path.isabs(root):
+        cwd = os.getcwd()
+        lexical = os.path.normpath(os.path.join(cwd, root))
+        if os.path.commonpath([cwd, lexical]) != cwd:
+            raise UnsafeBlobPathError(
+                f"blob root {root!r} is {lexical}, outside the working directory {cwd} ('..' "
+                "may not leave it); pass the folder as an absolute path to use it anyway")
+    return Path(root).resolve().as_posix()
+
+
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 class BlobStore:
     """Parquet blobs under `root_uri`: a local folder (default `results/blobs`) or a pyarrow
-    filesystem URI (`s3://bucket/prefix`, `gs://...`, `file:///...`)."""
+    filesystem URI (`s3://bucket/prefix`, `gs://...`, `file:///...`). `create=False`: a local
+    root is not created (for checks, which must not leave an empty folder behind)."""
 
-    def __init__(self, root_uri: str | os.PathLike[str] = DEFAULT_BLOB_ROOT) -> None:
+    def __init__(self, root_uri: str | os.PathLike[str] = DEFAULT_BLOB_ROOT, *,
+                 create: bool = True) -> None:
         root = os.fspath(root_uri)
         if "://" in root:
             self.fs, path = pafs.FileSystem.from_uri(root)
             self.root = path.rstrip("/")
         else:
             self.fs = pafs.LocalFileSystem()
-            self.root = Path(root).resolve().as_posix()
+            self.root = local_root(root)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
-        if self.is_local:
+        if self.is_local and create:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self.root_uri = root
 
@@ -109,48 +142,126 @@ class BlobStore:
 
     # --- writing ----------------------------------------------------------------------------
     def put_table(self, kind: str, table: pa.Table) -> BlobRef:
-        """Stores `table` as Parquet; returns its reference. Idempotent: same bytes, same file."""
+        """Stores `table` as Parquet; returns its reference. Idempotent: same bytes, same file.
+        A file already there is reused only if its size and sha256 are right: a truncated or
+        altered one would otherwise be referenced by every later result with this content."""
         check_kind(kind)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         data = sink.getvalue().to_pybytes()
         sha = hashlib.sha256(data).hexdigest()
         uri = f"{kind}/{sha[:2]}/{sha}.parquet"
-        path = self.path_of(uri)
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            self._write_atomically(path, data)
+        if not self._holds(uri, len(data), sha):
+            self._write_atomically(uri, data)
         return BlobRef(kind=kind, uri=uri, sha256=sha, bytes=len(data),
                        row_count=table.num_rows, schema_json=schema_json(table.schema))
 
-    def _write_atomically(self, path: str, data: bytes) -> None:
-        parent = str(PurePosixPath(path).parent)
-        self.fs.create_dir(parent, recursive=True)
+    def _holds(self, uri: str, size: int, sha: str) -> bool:
+        """Whether the file of `uri` exists with exactly `size` bytes hashing to `sha`."""
+        if not self.is_local:  # size from the listing first: a wrong one needs no download
+            info = self.fs.get_file_info(self.path_of(uri))
+            if info.type != pafs.FileType.File or info.size != size:
+                return False
+        try:
+            data = self._read_uri(uri, limit=size + 1)  # a longer file is wrong: stop reading
+        except BlobNotFoundError:
+            return False
+        return len(data) == size and hashlib.sha256(data).hexdigest() == sha
+
+    def _write_atomically(self, uri: str, data: bytes) -> None:
+        path = self.path_of(uri)
         if not self.is_local:
             # Object stores publish an object only once its upload completes: already atomic.
+            self.fs.create_dir(str(PurePosixPath(path).parent), recursive=True)
             with self.fs.open_output_stream(path) as out:
                 out.write(data)
             return
         # Readers (and concurrent writers of the same content) must never see a partial file:
-        # write a unique temp name in the same folder, fsync, then rename over the final name.
-        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        # write a unique temp name in the same folder, fsync, then rename over the final name
+        # (which replaces a damaged file in one step).
+        *dirs, name = uri.split("/")
+        tmp = f"{name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        with self._folder(dirs, create=True) as dir_fd:
+            fd = self._open(tmp, dir_fd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, uri + ".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            finally:
+                try:
+                    os.unlink(tmp, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
+
+    def remove(self, uri: str) -> bool:
+        """Deletes the file of `uri` (a symlink there: the link itself); False if there is none."""
+        path = self.path_of(uri)
+        if not self.is_local:
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return False
+            self.fs.delete_file(path)
+            return True
+        *dirs, name = uri.split("/")
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            with self._folder(dirs, create=False) as dir_fd:
+                os.unlink(name, dir_fd=dir_fd)  # unlink never follows a link
+        except FileNotFoundError:
+            return False
+        return True
+
+    # --- local paths without symlinks -------------------------------------------------------
+    @contextmanager
+    def _folder(self, dirs: list[str], *, create: bool) -> Iterator[int]:
+        """A descriptor of root/dirs, opened one component at a time without following links
+        (checking each path first and opening it after would leave a window to swap in one)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i, name in enumerate(dirs):
+                if create:
+                    try:
+                        os.mkdir(name, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                sub = self._open(name, fd, os.O_RDONLY | os.O_DIRECTORY, "/".join(dirs[:i + 1]))
+                os.close(fd)
+                fd = sub
+            yield fd
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.close(fd)
+
+    def _open(self, name: str, dir_fd: int, flags: int, rel: str) -> int:
+        """os.open of `name` in `dir_fd` that refuses a symlink; `rel` (its path below the
+        root) is for the message."""
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
+        except OSError as exc:
+            # O_NOFOLLOW fails with ELOOP on a file link, ENOTDIR on a link with O_DIRECTORY.
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(name, dir_fd):
+                raise UnsafeBlobPathError(
+                    f"{self.root}/{rel} is a symlink inside the blob root: blob files and "
+                    "folders are never reached through links (remove it)") from None
+            raise
 
     # --- reading ----------------------------------------------------------------------------
     def read_bytes(self, ref: BlobRef) -> bytes:
-        path = self.path_of(ref.uri)
+        return self._read_uri(ref.uri, ref.kind)
+
+    def _read_uri(self, uri: str, kind: str | None = None, limit: int | None = None) -> bytes:
+        """The file's bytes (locally at most `limit`)."""
+        path = self.path_of(uri)
         try:
-            with self.fs.open_input_stream(path) as fh:
-                return fh.read()
+            if not self.is_local:
+                with self.fs.open_input_stream(path) as fh:
+                    return fh.read()
+            *dirs, name = uri.split("/")
+            with self._folder(dirs, create=False) as dir_fd:
+                with os.fdopen(self._open(name, dir_fd, os.O_RDONLY, uri), "rb") as fh:
+                    return fh.read(-1 if limit is None else limit)
         except FileNotFoundError as exc:
-            raise BlobNotFoundError(f"blob {ref.kind!r} {ref.uri} is missing at {path}") from exc
+            what = f"blob {kind!r} {uri}" if kind else f"blob {uri}"
+            raise BlobNotFoundError(f"{what} is missing at {path}") from exc
 
     def get_table(self, ref: BlobRef) -> pa.Table:
         """Reads a blob, verifying its sha256; BlobCorruptedError names the blob on mismatch."""
@@ -164,8 +275,38 @@ class BlobStore:
             )
         return pq.read_table(pa.BufferReader(data))
 
+    def verify(self, ref: BlobRef) -> str | None:
+        """What is wrong with the stored file of `ref`, in words (None: its size, sha256 and
+        row count match and it reads as Parquet). For `store.integrity.check_blobs`."""
+        try:
+            _, sha_in_name = check_relative_uri(ref.uri)
+            data = self.read_bytes(ref)
+        except BlobNotFoundError:
+            return "missing"
+        except (UnsafeBlobPathError, OSError) as exc:
+            return f"cannot be read: {exc}"
+        if len(data) != ref.bytes:
+            return f"has {len(data)} bytes, expected {ref.bytes} (truncated or altered)"
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != ref.sha256 or actual != sha_in_name:
+            return f"sha256 is {actual}, expected {ref.sha256} (altered)"
+        try:
+            rows = pq.read_table(pa.BufferReader(data)).num_rows
+        except (pa.ArrowException, OSError) as exc:
+            return f"is not readable Parquet: {exc}"
+        return None if rows == ref.row_count else f"has {rows} rows, expected {ref.row_count}"
+
     def iter_uris(self) -> Iterator[str]:
-        """Relative URIs of all blob files under the root (temp files and strays skipped)."""
+        """Relative URIs of all blob files under the root (temp files, strays and, locally,
+        symlinks skipped)."""
+        if self.is_local:
+            for folder, _dirs, files in os.walk(self.root):  # does not descend into links
+                for name in files:
+                    full = os.path.join(folder, name)
+                    rel = os.path.relpath(full, self.root).replace(os.sep, "/")
+                    if _URI_RE.match(rel) and not os.path.islink(full):
+                        yield rel
+            return
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             if info.type != pafs.FileType.File:

@@ -125,3 +125,88 @@ def test_accepted_uris_always_stay_inside_the_root(uri):
     root = PurePosixPath("/blob/root")
     resolved = PurePosixPath(posixpath.normpath(root / uri))
     assert resolved.parent.parent.parent == root
+
+
+# --- damaged files are rewritten, not reused --------------------------------------------------
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "append", "empty"])
+def test_a_damaged_file_is_rewritten_by_the_next_put_of_its_content(tmp_path, damage):
+    store = BlobStore(tmp_path / "b")
+    ref = store.put_table("outlier_channels", _table())
+    path = Path(store.path_of(ref.uri))
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2:]
+    elif damage == "flip":  # same size, other bytes: only the hash can tell
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "append":
+        data += b"junk"
+    else:
+        data.clear()
+    path.write_bytes(bytes(data))
+    assert store.verify(ref) is not None
+    assert store.put_table("outlier_channels", _table()) == ref
+    assert _sha(path) == ref.sha256 and path.stat().st_size == ref.bytes
+    assert store.verify(ref) is None and store.get_table(ref).equals(_table())
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left
+
+
+def test_verify_names_what_is_wrong(tmp_path):
+    store = BlobStore(tmp_path / "b")
+    ref = store.put_table("k", _table())
+    path = Path(store.path_of(ref.uri))
+    path.write_bytes(path.read_bytes()[:10])
+    assert "has 10 bytes, expected" in store.verify(ref)
+    path.unlink()
+    assert store.verify(ref) == "missing"
+    assert store.remove(ref.uri) is False
+
+
+# --- blob roots and symlinks --------------------------------------------------------------------
+def test_a_relative_root_may_not_leave_the_working_directory(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for root in ("../elsewhere", "results/../../elsewhere"):
+        with pytest.raises(UnsafeBlobPathError, match="outside the working directory") as info:
+            BlobStore(root)
+        assert str(tmp_path / "elsewhere") in str(info.value)
+    assert not (tmp_path / "elsewhere").exists()  # refused before anything was created
+    assert BlobStore("results/../blobs").root == str(work / "blobs")  # stays inside: fine
+    assert BlobStore(tmp_path / "elsewhere").root == str(tmp_path / "elsewhere")  # explicit
+
+
+def test_a_symlinked_file_inside_the_root_is_never_followed(tmp_path):
+    store = BlobStore(tmp_path / "b")
+    ref = store.put_table("k", _table())
+    path = Path(store.path_of(ref.uri))
+    secret = tmp_path / "secret"
+    secret.write_bytes(path.read_bytes())  # even a link to the right bytes is refused
+    path.unlink()
+    path.symlink_to(secret)
+    for action in (lambda: store.get_table(ref), lambda: store.put_table("k", _table())):
+        with pytest.raises(UnsafeBlobPathError, match="is a symlink") as info:
+            action()
+        assert str(path) in str(info.value)
+    assert "symlink" in store.verify(ref)
+    assert list(store.iter_uris()) == []
+    assert store.remove(ref.uri) and secret.exists() and not path.is_symlink()
+
+
+def test_a_symlinked_folder_inside_the_root_is_never_written_through(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = BlobStore(tmp_path / "b")
+    (tmp_path / "b" / "k").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafeBlobPathError, match=r"b/k is a symlink"):
+        store.put_table("k", _table())
+    assert list(outside.iterdir()) == []
+    ref = BlobStore(tmp_path / "other").put_table("k", _table())
+    (outside / ref.uri.split("/")[1]).mkdir()
+    (outside / ref.uri.split("/", 1)[1]).write_bytes(
+        Path(BlobStore(tmp_path / "other").path_of(ref.uri)).read_bytes())
+    with pytest.raises(UnsafeBlobPathError):
+        store.get_table(ref)  # the file exists through the link, and is still refused
