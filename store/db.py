@@ -7,11 +7,11 @@ it around. SQLite (default `sqlite:///results/streamkv.db`) and PostgreSQL
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +362,17 @@ def single_statement(sql: str) -> str:
     return statement
 
 
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_BYTES = 10_000_000
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    cut: str | None = None  # why rows are missing or values shortened; None: complete
+
+
 def run_readonly_query(url: str | URL | None, sql: str, limit: int = 1000, *,
                        timeout_s: float = 10.0) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Runs one statement on a read-only connection; returns (columns, at most `limit` rows).
@@ -369,8 +380,21 @@ def run_readonly_query(url: str | URL | None, sql: str, limit: int = 1000, *,
     Writes fail in the database itself (read-only file / transaction); the transaction is
     always rolled back. Errors come back as ReadOnlyQueryError with the database's message.
     """
-    if limit < 1:
-        raise ValueError(f"limit={limit} must be >= 1")
+    result = bounded_query(url, sql, max_rows=limit, max_bytes=None, timeout_s=timeout_s)
+    return result.columns, result.rows
+
+
+def bounded_query(url: str | URL | None, sql: str, *, max_rows: int = DEFAULT_MAX_ROWS,
+                  max_bytes: int | None = DEFAULT_MAX_BYTES,
+                  timeout_s: float = 10.0) -> QueryResult:
+    """`run_readonly_query` bounded in rows and in bytes of values (str / bytes counted by
+    length, other values by their text): rows are fetched one at a time, the value that
+    passes `max_bytes` is shortened and no row is fetched after it, so `SELECT randomblob(1e8)`
+    costs one value, not a copy of each. `cut` says what was left out."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows={max_rows} must be >= 1")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes={max_bytes} must be >= 1")
     statement = single_statement(sql)
     engine = readonly_engine(url, statement_timeout_s=timeout_s, pooled=False)
     try:
@@ -379,8 +403,9 @@ def run_readonly_query(url: str | URL | None, sql: str, limit: int = 1000, *,
             assert raw is not None
             try:
                 if conn.dialect.name == "sqlite":
-                    return _sqlite_query(raw, statement, limit, timeout_s)  # type: ignore[arg-type]
-                return _pg_query(raw, statement, limit)
+                    return _sqlite_query(raw, statement, max_rows, max_bytes,  # type: ignore[arg-type]
+                                         timeout_s)
+                return _pg_query(raw, statement, max_rows, max_bytes)
             except DBAPIError as exc:
                 raise ReadOnlyQueryError(str(exc.orig).strip()) from exc
             except (sqlite3.Error, _psycopg_error()) as exc:
@@ -399,28 +424,63 @@ def _psycopg_error() -> type[Exception]:
     return psycopg.Error
 
 
-def _sqlite_query(raw: sqlite3.Connection, statement: str, limit: int,
-                  timeout_s: float) -> tuple[list[str], list[tuple[Any, ...]]]:
+def _value_size(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, (str, bytes, bytearray, memoryview)):
+        return len(value)
+    return len(str(value))
+
+
+def _shorten(value: Any, n: int) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value[:n])
+    return (value if isinstance(value, str) else str(value))[:n]
+
+
+def _take(rows: Iterator[Any], max_rows: int,
+          max_bytes: int | None) -> tuple[list[tuple[Any, ...]], str | None]:
+    """At most `max_rows` rows of `rows` holding at most `max_bytes` of values, and why it
+    stopped early (None: `rows` was exhausted)."""
+    taken: list[tuple[Any, ...]] = []
+    used = 0
+    for row in rows:
+        if len(taken) == max_rows:
+            return taken, f"more than {max_rows} rows"
+        values = list(row)
+        for i, value in enumerate(values):
+            size = _value_size(value)
+            if max_bytes is not None and used + size > max_bytes:
+                values[i], size = _shorten(value, max_bytes - used), max_bytes - used
+            used += size
+        taken.append(tuple(values))
+        if max_bytes is not None and used >= max_bytes:
+            return taken, f"values over {max_bytes} bytes (the last one shortened)"
+    return taken, None
+
+
+def _sqlite_query(raw: sqlite3.Connection, statement: str, max_rows: int,
+                  max_bytes: int | None, timeout_s: float) -> QueryResult:
     # SQLite has no statement timeout: abort from the progress handler past the deadline.
     deadline = time.monotonic() + timeout_s
     raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     cur = raw.cursor()
     cur.execute(statement)  # sqlite3 itself refuses several statements
-    rows = cur.fetchmany(limit)  # rows are produced lazily: the limit bounds the work
+    rows, cut = _take(iter(cur), max_rows, max_bytes)  # rows are produced lazily
     columns = [d[0] for d in cur.description or ()]
     cur.close()
-    return columns, [tuple(r) for r in rows]
+    return QueryResult(columns, rows, cut)
 
 
-def _pg_query(raw: Any, statement: str, limit: int) -> tuple[list[str], list[tuple[Any, ...]]]:
+def _pg_query(raw: Any, statement: str, max_rows: int, max_bytes: int | None) -> QueryResult:
     # stream() fetches row by row (single-row mode over the extended protocol, which refuses
     # several statements), so a huge result never lands in memory before the limit applies.
     cur = raw.cursor()
     gen = cur.stream(statement)
     try:
-        rows = [tuple(r) for r in itertools.islice(gen, limit)]
+        rows, cut = _take(gen, max_rows, max_bytes)
     finally:
         gen.close()
     columns = [d.name for d in cur.description or ()]
     cur.close()
-    return columns, rows
+    return QueryResult(columns, rows, cut)

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from store import ReadOnlyQueryError, StoreConnectionError, UnitKey, readonly_engine
 from store import queries, register_sweep, run_readonly_query
-from store.db import single_statement
+from store.db import bounded_query, single_statement
 from store.repository import units_t
 from tests.store.conftest import INT8, cid
 
@@ -106,3 +106,27 @@ def test_readonly_on_a_missing_sqlite_file_says_so(tmp_path):
     with pytest.raises(StoreConnectionError, match="missing.db"):
         run_readonly_query(f"sqlite:///{tmp_path / 'missing.db'}", "SELECT 1")
     assert not (tmp_path / "missing.db").exists()
+
+
+def _big_value_sql(db_url: str, n: int) -> str:
+    if db_url.startswith("sqlite"):
+        return f"SELECT randomblob({n}) AS b, 'after' AS a"
+    return f"SELECT decode(repeat('ab', {n}), 'hex') AS b, 'after' AS a"
+
+
+def test_the_row_cap_says_when_rows_were_left_out(db_url, engine, thirty_units):
+    result = bounded_query(db_url, "SELECT shard FROM units ORDER BY unit_id", max_rows=10)
+    assert len(result.rows) == 10 and result.cut == "more than 10 rows"
+    exact = bounded_query(db_url, "SELECT shard FROM units", max_rows=30)
+    assert len(exact.rows) == 30 and exact.cut is None
+
+
+def test_the_byte_cap_shortens_a_huge_value_and_fetches_nothing_after_it(db_url, engine):
+    result = bounded_query(db_url, _big_value_sql(db_url, 5_000_000), max_bytes=1000)
+    (value, after), = result.rows
+    assert isinstance(value, bytes) and len(value) == 1000 and after == ""
+    assert "1000 bytes" in result.cut
+    many = ("SELECT 'row' || CAST(i AS TEXT) AS r FROM (SELECT 1 AS i UNION ALL SELECT 2 "
+            "UNION ALL SELECT 3 UNION ALL SELECT 4) AS t ORDER BY i")
+    assert bounded_query(db_url, many, max_bytes=9).rows == [("row1",), ("row2",), ("r",)]
+    assert bounded_query(db_url, many, max_bytes=100).cut is None
