@@ -38,7 +38,9 @@ submitted, with a conditional update that only takes pending units, running ones
 passed (their driver died) and failed / skipped ones finished before this run began (a rerun
 retries them); so two drivers on one sweep split its units, each computed once. A unit held by
 another live driver is skipped and counted ("N unit(s) are being run by another driver (<id>);
-skipped"); one finished by another meanwhile is never reclaimed. While units run, the driver
+skipped"); one finished by another meanwhile is never reclaimed. A driver of this host whose
+process is gone (killed, or stopped by a failing store) has its units taken over at once
+(`driver_gone`), without waiting for its leases. While units run, the driver
 renews its leases (`renew_leases`, one UPDATE at most every `HEARTBEAT_S` seconds, between the
 `ray.wait` calls of the loop and of a model's loading); an attempt's end releases its lease.
 Failures and releases are recorded only while this driver still holds the unit. The sweep is
@@ -155,7 +157,7 @@ class SweepSummary:
     # units left to other drivers: (driver id, how many); part of `skipped`
     elsewhere: tuple[tuple[str, int], ...] = ()
     finished_elsewhere: int = 0  # units another driver finished during this run; in `skipped`
-    taken_over: tuple[tuple[str, int], ...] = ()  # units claimed from drivers whose lease passed
+    taken_over: tuple[tuple[str, int], ...] = ()  # units claimed from stopped drivers
 
 
 @dataclass(frozen=True)
@@ -478,6 +480,7 @@ class OpenSweep:
     driver_id: str = ""
     started_at: datetime | None = None  # failed / skipped units finished before are retried
     held: dict[UnitKey, str] = field(default_factory=dict)  # run by other drivers at the start
+    gone: frozenset[str] = frozenset()  # drivers whose units are taken over (`driver_gone`)
 
     @property
     def previously_done(self) -> int:
@@ -487,6 +490,27 @@ class OpenSweep:
 def new_driver_id() -> str:
     """This run's id in the store's claims: readable (host, pid) and unique (random)."""
     return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def driver_gone(driver: str, me: str) -> bool:
+    """Whether `driver` (a `new_driver_id`) is a stopped run of this host: its process no longer
+    exists, or it is an earlier run of this process (`run_sweep` has returned). A driver of
+    another host is never judged here: its lease tells."""
+    parts = driver.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname()[:100] or not parts[1].isdigit():
+        return False
+    if driver == me:
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
 
 
 def open_store(url: str) -> Engine:
@@ -511,10 +535,12 @@ def open_sweep(spec: SweepSpec, *, retry: RetryPolicy | None = None) -> OpenSwee
     store.call(register_sweep, sweep_id, spec.name, spec.to_dict(), [u.key for u in units], configs,
                created_by=f"{os.environ.get('USER', '?')}@{socket.gethostname()}")
     done_keys = store.call(completed_units, sweep_id)
-    held = store.call(live_claims, sweep_id)  # not even an actor is started for those
+    me, held = new_driver_id(), store.call(live_claims, sweep_id)
+    gone = frozenset(d for d in set(held.values()) if driver_gone(d, me))
+    held = {k: d for k, d in held.items() if d not in gone}  # not even an actor is started for those
     return OpenSweep(sweep_id=sweep_id, engine=engine, blobs=blobs, url=url, blob_root=blob_root,
                      units=units, todo=[u for u in units if u.key not in done_keys and u.key not in held],
-                     store=store, driver_id=new_driver_id(), started_at=started_at, held=held)
+                     store=store, driver_id=me, started_at=started_at, held=held, gone=gone)
 
 
 def release_inflight(store: StoreWrites, units: list[WorkUnit], driver: str | None = None) -> int:
@@ -639,10 +665,12 @@ class ModelScheduler:
     heartbeat_s = HEARTBEAT_S
 
     def __init__(self, pool: ActorPool, units: list[WorkUnit], store: StoreWrites, tally: Tally,
-                 bar: SweepProgress, *, driver: str | None = None, since: datetime | None = None):
+                 bar: SweepProgress, *, driver: str | None = None, since: datetime | None = None,
+                 gone: frozenset[str] = frozenset()):
         self.pool, self.store, self.tally, self.bar = pool, store, tally, bar
         self.driver = driver or new_driver_id()
         self.since = since  # failed / skipped units finished before this are retried
+        self.gone = set(gone)  # drivers whose units are taken over (`driver_gone`)
         self.queue: deque[WorkUnit] = deque(units)
         self.idle = list(range(len(pool)))[::-1]
         self.inflight: dict[Any, tuple[WorkUnit, int, float]] = {}  # ref -> unit, actor, start
@@ -663,9 +691,7 @@ class ModelScheduler:
         info = self.pool.describe(idx, wait=self._wait_for)  # the first waits for the model
         while self.queue:
             unit = self.queue.popleft()
-            claim = self.store.call(claim_unit, unit.key, self.driver, worker=info["worker"],
-                                    device=info["device"], lease_s=self.lease_s,
-                                    retry_finished_before=self.since)
+            claim = self._claim(unit.key, info)
             if claim.claimed:
                 break
             self._not_claimed(claim)
@@ -680,6 +706,21 @@ class ModelScheduler:
         ref = self.pool.actors[idx].run_unit.remote(unit)
         self.inflight[ref] = (unit, idx, time.perf_counter())
         self.bar.started()
+
+    def _claim(self, key: UnitKey, info: dict[str, Any]) -> Claim:
+        """`claim_unit`; once more when the holder turns out to be a stopped driver of this host."""
+        def claim() -> Claim:
+            return self.store.call(claim_unit, key, self.driver, worker=info["worker"],
+                                   device=info["device"], lease_s=self.lease_s,
+                                   retry_finished_before=self.since, gone=self.gone)
+
+        result = claim()
+        holder = result.holder
+        if (result.status == "running" and holder and holder not in self.gone
+                and driver_gone(holder, self.driver)):
+            self.gone.add(holder)
+            result = claim()
+        return result
 
     def _not_claimed(self, claim: Claim) -> None:
         """A unit another driver runs, or finished since this run began: counted as skipped."""
@@ -822,7 +863,7 @@ def run_models(spec: SweepSpec, sweep: OpenSweep, recorder: AttemptRecorder, bar
     for model, units in by_model(sweep.todo):
         pool = start_pool(spec, model, len(units), store_args, verbose=verbose)
         scheduler = ModelScheduler(pool, units, sweep.store, recorder.tally, bar,
-                                   driver=sweep.driver_id, since=sweep.started_at)
+                                   driver=sweep.driver_id, since=sweep.started_at, gone=sweep.gone)
         try:
             if run_model_units(scheduler, recorder, stop_after=stop_after, on_unit_done=on_unit_done):
                 return True
@@ -982,7 +1023,8 @@ def report(summary: SweepSummary, file=sys.stdout) -> None:
               "skipped", file=file)
     if summary.taken_over:
         n, who = _drivers(summary.taken_over)
-        print(f"{n} unit(s) taken over from a driver whose lease had passed ({who})", file=file)
+        print(f"{n} unit(s) taken over from a driver that had stopped (its process gone or its "
+              f"lease passed: {who})", file=file)
     print(f"results: database {summary.db_url}\n         blobs    {summary.blob_root}", file=file)
     print(f"open the dashboard: streamkv dashboard --db '{summary.db_url}' --blobs '{summary.blob_root}'",
           file=file)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -296,13 +296,17 @@ def mark_running(engine: Engine, key: UnitKey, worker: str, device: str) -> int:
 DEFAULT_LEASE_S = 120.0
 
 
-def _claimable(now: datetime, retry_finished_before: datetime | None) -> Any:
+def _claimable(now: datetime, retry_finished_before: datetime | None,
+               gone: Collection[str]) -> Any:
     """Units a driver may claim: pending ones, running ones whose lease has passed (or that have
-    none: left by a driver that died), and with `retry_finished_before` failed / skipped ones
-    that finished before it (a rerun retries those; ones finished since are never taken)."""
+    none: left by a driver that died) or whose driver is in `gone`, and with
+    `retry_finished_before` failed / skipped ones that finished before it (a rerun retries
+    those; ones finished since are never taken)."""
     c = units_t.c
     allowed = [c.status == "pending",
                and_(c.status == "running", or_(c.lease_until.is_(None), c.lease_until < now))]
+    if gone:
+        allowed.append(and_(c.status == "running", c.claimed_by.in_(sorted(gone))))
     if retry_finished_before is not None:
         allowed.append(and_(c.status.in_(("failed", "skipped")),
                             c.finished_at < retry_finished_before))
@@ -310,10 +314,12 @@ def _claimable(now: datetime, retry_finished_before: datetime | None) -> Any:
 
 
 def claim_unit(engine: Engine, key: UnitKey, driver: str, *, worker: str, device: str,
-               lease_s: float = DEFAULT_LEASE_S,
-               retry_finished_before: datetime | None = None) -> Claim:
+               lease_s: float = DEFAULT_LEASE_S, retry_finished_before: datetime | None = None,
+               gone: Collection[str] = ()) -> Claim:
     """Claims `key` for `driver`: running, attempts + 1, claimed_by = driver, a lease of
     `lease_s` seconds (renew it with `renew_leases`), if the unit is claimable (`_claimable`).
+    `gone`: drivers the caller knows have stopped (e.g. their process on this host is gone),
+    whose units are taken over without waiting for their leases.
 
     One conditional UPDATE, so of several drivers claiming at once exactly one wins, on SQLite
     (writers serialized by BEGIN IMMEDIATE) and PostgreSQL (the losers' UPDATE re-checks the
@@ -330,7 +336,7 @@ def claim_unit(engine: Engine, key: UnitKey, driver: str, *, worker: str, device
         if before is None:
             raise UnknownUnitError(key)
         attempts = s.scalar(
-            update(units_t).where(*_key_where(key), _claimable(now, retry_finished_before))
+            update(units_t).where(*_key_where(key), _claimable(now, retry_finished_before, gone))
             .values(status="running", attempts=units_t.c.attempts + 1, worker=worker,
                     device=device, started_at=now, finished_at=None, error=None,
                     claimed_by=driver, lease_until=now + timedelta(seconds=lease_s))

@@ -1,6 +1,6 @@
 """Claims with real drivers (tiny-random-llama, local Ray): two `python -m cluster.sweep`
-drivers on one store compute each unit once (SQLite and PostgreSQL), and a driver renews its
-leases while it waits on Ray."""
+drivers on one store compute each unit once (SQLite and PostgreSQL), a driver renews its
+leases while it waits on Ray, and which drivers of this host count as stopped."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from cluster.driver import ModelScheduler, StoreWrites, Tally
+from cluster.driver import ModelScheduler, StoreWrites, Tally, driver_gone, new_driver_id
 from cluster.progress import SweepProgress
 from store import BlobStore, UnitKey, claim_unit, create_store_engine, queries, register_sweep
 from tests.store.conftest import INT8, cid, db_url, pg_admin  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
 
 
 def _start_driver(spec: Path, db: str, blobs: Path) -> subprocess.Popen:
@@ -32,6 +31,7 @@ def _start_driver(spec: Path, db: str, blobs: Path) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_two_drivers_on_one_sweep_compute_each_unit_once(db_url, tmp_path):  # noqa: F811
     data = yaml.safe_load((REPO / "sweeps" / "tiny.yaml").read_text())
     data["shards"] = 4  # 16 units: enough work for both drivers to overlap
@@ -65,6 +65,7 @@ class _Unit:
         self.key = key
 
 
+@pytest.mark.slow
 def test_leases_are_renewed_while_the_driver_waits(local_ray, tmp_path):
     url = f"sqlite:///{tmp_path / 'lease.db'}"
     key = UnitKey("lease", "m", cid(INT8), "t", "0/1")
@@ -94,3 +95,16 @@ def test_leases_are_renewed_while_the_driver_waits(local_ray, tmp_path):
         assert (queries.unit_record(engine, key).lease_until - renewed).total_seconds() > 1.0
     finally:
         engine.dispose()
+
+
+def test_a_driver_of_this_host_counts_as_stopped_only_when_its_process_is_gone():
+    me = new_driver_id()
+    host, pid, _ = me.rsplit(":", 2)
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                            capture_output=True, text=True, check=True)
+    assert driver_gone(f"{host}:{exited.stdout.strip()}:00000000", me)
+    assert driver_gone(f"{host}:{pid}:00000000", me)  # an earlier run of this process
+    assert not driver_gone(me, me)
+    assert not driver_gone(f"{host}:{os.getppid()}:00000000", me)  # alive
+    assert not driver_gone(f"other-{host}:{exited.stdout.strip()}:00000000", me)  # its lease tells
+    assert not driver_gone("no id of ours", me)

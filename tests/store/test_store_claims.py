@@ -91,6 +91,14 @@ def test_a_finished_unit_is_never_reclaimed(engine, blobs, keys, make_result, sm
     assert queries.unit_record(engine, done).attempts == 1
 
 
+def test_a_unit_of_a_driver_known_to_be_gone_is_taken_over_at_once(engine, keys):
+    _claim(engine, keys[0], "A", lease_s=600)
+    assert not _claim(engine, keys[0], "B", gone={"C"}).claimed
+    taken = _claim(engine, keys[0], "B", gone={"A"})
+    assert (taken.claimed, taken.took_over_from, taken.attempts) == (True, "A", 2)
+    assert not _claim(engine, keys[0], "C", gone={"A"}).claimed  # B's now, and B is alive
+
+
 def test_a_running_unit_without_lease_counts_as_abandoned(engine, keys):
     # Left `running` by a driver from before claims (or by mark_running): nobody renews it.
     mark_running(engine, keys[1], "old-driver", "cpu")
