@@ -557,6 +557,8 @@ class ActorPool:
     """The `SweepWorker` actors of one model. An actor Ray gave up on is replaced in place, so
     an index names the same slot for the whole run."""
 
+    LOAD_REPLACEMENTS = 2  # fresh actors tried after one died loading its model
+
     def __init__(self, model: str, remote_cls: Any, args: tuple[Any, ...], size: int):
         self.model, self._remote_cls, self._args = model, remote_cls, args
         self.actors = [self._new() for _ in range(size)]
@@ -574,11 +576,19 @@ class ActorPool:
         import ray
         from ray.exceptions import RayActorError
 
-        if idx not in self._described:
+        # The model itself was checked before the run (cluster/checks.py), so an actor that dies
+        # while loading it most likely lost its process (OOM kill, a node going away) after
+        # Ray's own restarts: start a fresh one, as for a unit, a bounded number of times.
+        for replaced in range(self.LOAD_REPLACEMENTS + 1):
+            if idx in self._described:
+                break
             try:
                 self._described[idx] = (wait or ray.get)(self.actors[idx].describe.remote())
             except RayActorError as err:
-                raise RuntimeError(f"the worker actor for model {self.model!r} could not start: {err}") from err
+                if replaced == self.LOAD_REPLACEMENTS:
+                    raise RuntimeError(f"the worker actor for model {self.model!r} could not start "
+                                       f"({replaced + 1} actors tried): {err}") from err
+                self.replace(idx)
         return self._described[idx]
 
     def replace(self, idx: int) -> None:
