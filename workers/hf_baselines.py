@@ -180,6 +180,16 @@ def _leaf_tensors(t: Any) -> list[torch.Tensor]:
     return []
 
 
+def _logical_numel(stored: Any) -> int:
+    """Elements a backend's stored keys stand for: quanto's quantized tensors report their
+    logical shape; HQQ keeps (codes, metadata) with the original shape in the metadata."""
+    if isinstance(stored, torch.Tensor):
+        return stored.numel()
+    if isinstance(stored, tuple) and len(stored) == 2 and isinstance(stored[1], dict) and "shape" in stored[1]:
+        return int(torch.Size(stored[1]["shape"]).numel())
+    return 0
+
+
 def cache_stats(cache, model_config) -> CompressionStats:
     """tokens, kv_bytes (measured from the cache's tensors), fp16_kv_bytes, avg bits, ratio.
 
@@ -190,9 +200,8 @@ def cache_stats(cache, model_config) -> CompressionStats:
     layers = cache.layers
     tokens = layers[0].get_seq_length() if layers else 0
     held_bytes = {"keys": 0, "values": 0}
-    stored_keys = 0  # key elements (quantized, counted in their logical shape, + residual), layer 0
     note = ""
-    for i, layer in enumerate(layers):
+    for layer in layers:
         for kind, names in (("keys", ("_quantized_keys", "keys")), ("values", ("_quantized_values", "values"))):
             for name in names:
                 value = getattr(layer, name, None)
@@ -202,10 +211,11 @@ def cache_stats(cache, model_config) -> CompressionStats:
                 if not leaves and not isinstance(value, torch.Tensor):
                     note = f"{type(layer).__name__}.{name} is a {type(value).__name__}, not tensors"
                 held_bytes[kind] += sum(t.numel() * t.element_size() for t in leaves)
-                if i == 0 and kind == "keys" and isinstance(value, torch.Tensor):
-                    stored_keys += value.numel()
     per_sequence = tokens * model_config.num_key_value_heads * head_dim_of(model_config)
-    # quanto flattens [B, H, T, D] into groups, so the batch is what the element count says.
+    # The batch is what layer 0's key element count says (its codes in their logical shape +
+    # the full-precision residual).
+    stored_keys = sum(_logical_numel(getattr(layers[0], name, None)) for name in ("_quantized_keys", "keys")) \
+        if layers else 0
     batch = stored_keys // per_sequence if per_sequence else 0
     elements = batch * per_sequence * len(layers)  # per K or V
     fp16 = 2 * 2 * elements

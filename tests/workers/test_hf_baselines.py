@@ -128,3 +128,22 @@ def tiny_loaded_hf():
     torch.manual_seed(0)
     m = CompressedLlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer)), preset("none")).eval()
     return LoadedModel(m, tokenizer, "tiny", "", 0.0)
+
+
+@torch.no_grad()
+def test_hqq_runs_as_a_peer_and_is_measured(model, tiny_reference):
+    """`hqq` is a pinned dependency: the HQQ backend runs (decode after a prefill, and our
+    chunked prefill), its error is that of 4-bit codes (non-zero, small), its bytes are real."""
+    assert available_hf_baselines()["hf-hqq-4"].available
+    prompt = torch.randint(0, 256, (1, 100), generator=torch.Generator().manual_seed(7))
+    cache = make_cache(preset("hf-hqq-4", **TINY), tiny_reference.config)
+    tiny_reference(prompt[:, :60], past_key_values=cache)
+    logits = torch.cat([tiny_reference(prompt[:, t:t + 1], past_key_values=cache).logits[0]
+                        for t in range(60, 100)])
+    err = (logits - tiny_reference(prompt).logits[0, 60:]).abs().max().item()
+    assert 0 < err < 0.3
+    stats = cache_stats(cache, tiny_reference.config)
+    assert stats["tokens"] == 100 and 0 < stats["kv_bytes"] < stats["fp16_kv_bytes"]
+    hqq = preset("hf-hqq-4", chunk_size=32, **TINY)
+    chunked = model(prompt, past_key_values=model.new_cache(hqq), compression_config=hqq).logits
+    assert 0 < (chunked - tiny_reference(prompt).logits).abs().max().item() < 0.3
