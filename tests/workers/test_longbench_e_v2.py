@@ -141,4 +141,35 @@ def test_v2_scores_and_splits() -> None:
 
 def test_v2_hub_path_is_the_official_data_json() -> None:
     assert hub_data_files("THUDM/LongBench-v2", "longbench_v2") == "hf://datasets/THUDM/LongBench-v2/data.json"
-    assert hub_data_files("someone/LongBench", "hotpotqa_e") == "hf://datasets/someone/LongBench/hotpotqa_e/test-*.parquet"
+    e_files = hub_data_files("someone/LongBench", "hotpotqa_e")
+    assert e_files == "hf://datasets/someone/LongBench/hotpotqa_e/test-*.parquet"
+
+
+# --- through a work unit, on a tiny random Llama -------------------------------------------------
+def test_a_v2_unit_runs_end_to_end() -> None:
+    import torch
+
+    from streamkv import CompressedLlamaForCausalLM, preset
+    from streamkv.loading import LoadedModel
+    from tests.conftest import tiny_llama_config
+    from tests.workers.test_runner import smollm2_tokenizer, unit
+    from workers.runner import run_unit
+
+    tokenizer = smollm2_tokenizer()
+    torch.manual_seed(0)
+    model = CompressedLlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer)), preset("none")).eval()
+    loaded = LoadedModel(model, tokenizer, "tiny-llama-test", "0" * 64, 0.0)
+    # One v2 sample: 128 new tokens on two shared CPU cores is the slow part of this test.
+    v2 = run_unit(loaded, unit(preset("none"), "longbench_v2", source=str(V2_FILE), max_length=256, limit=1))
+    assert v2.n_samples == 1 and v2.samples[0].answers[0] in "ABCD" and v2.samples[0].score in (0.0, 1.0)
+
+
+def test_e_units_take_their_rows_with_the_length_the_buckets_need(tmp_path: Path) -> None:
+    from streamkv import preset
+    from workers.units import WorkUnit, longbench_samples, task_kind
+
+    (tmp_path / "trec_e.jsonl").write_text((DATA / "longbench-sample" / "trec.jsonl").read_text(), encoding="utf-8")
+    e_unit = WorkUnit(model="tiny-llama", config=preset("none"), task="trec_e", source=str(tmp_path), shard="0/1")
+    assert task_kind("trec_e") == task_kind("longbench_v2") == "longbench"
+    # The runner stores each sample's `length` as `length_words`, so buckets need no other data.
+    assert sorted(length_bucket(sample.length) for sample in longbench_samples(e_unit)) == ["0-4k", "4-8k"]
