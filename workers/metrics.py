@@ -1,20 +1,28 @@
-"""The LongBench v1 metrics, ported from the official `metrics.py` and `eval.py`.
+"""The LongBench metrics, ported from the official `metrics.py` and `eval.py` (v1 and -E) and
+LongBench v2's `pred.py` and `result.py`.
 
 Every metric maps (prediction, one ground truth, all_classes) to a score in [0, 1];
 `score_sample` takes the best over the ground truths and `aggregate` reports the mean x 100,
-as LongBench's tables do. Where this port departs from the official code it says so below.
+as LongBench's tables do. The scores equal the official scorer's (THUDM/LongBench commit
+2e00731, `LongBench/metrics.py` with `rouge==1.0.1` and `fuzzywuzzy==0.18.0`) on every case of
+tests/data/longbench-parity, to 1e-6; that fixture says how its expected values were made.
+`bucket_scores` gives LongBench-E's per-length-bucket scores and `v2_split_accuracy` LongBench
+v2's easy/hard and short/medium/long accuracies.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-from rapidfuzz import fuzz
-from rouge_score import rouge_scorer
+from fuzzywuzzy import utils as fuzz_utils
+from rapidfuzz.distance import Indel
+from rouge import Rouge
 
 from workers.tasks import TaskSpec
 
@@ -25,8 +33,12 @@ _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"\d+")
 _PARAGRAPH_ID = re.compile(r"Paragraph (\d+)")
-# Built once: the scorer holds only its configuration and tokenizer, never per-call state.
-_ROUGE_L = rouge_scorer.RougeScorer(["rougeL"])
+# LongBench v2's pred.py: first the parenthesised form, then the bare letter.
+_CHOICE_PATTERNS = (re.compile(r"The correct answer is \(([A-D])\)"), re.compile(r"The correct answer is ([A-D])"))
+# Built once: a Rouge holds only its metric and stat names, never per-call state. All three
+# metrics stay on, as in the official `Rouge()`, because any of them may raise and a raise
+# scores 0 there.
+_ROUGE = Rouge()
 
 
 @dataclass(frozen=True)
@@ -57,32 +69,41 @@ def qa_f1_score(prediction: str, ground_truth: str, all_classes: Sequence[str] |
 
 
 def rouge_l_score(prediction: str, ground_truth: str, all_classes: Sequence[str] | None = None) -> float:
-    """ROUGE-L F-measure from Google's `rouge_score` package.
+    """ROUGE-L F of the `rouge` package (pltrdy, 1.0.1), as the official scorer calls it.
 
-    The official harness uses the `rouge` package (pltrdy) on the raw strings: it splits on
-    "." into sentences, computes summary-level (union) LCS over whitespace tokens and keeps
-    case and punctuation. `rouge_score`'s "rougeL" lowercases, keeps only [a-z0-9] runs as
-    tokens and computes one sentence-level LCS. Scores therefore differ a little from the
-    published ones; they are consistent between runs of this project, which is what a
-    comparison of cache methods needs. Both give 0 for an empty prediction.
+    That package splits each text on "." into sentences, keeps case and punctuation, splits
+    on whitespace and computes summary-level (union) LCS. Any exception scores 0, as the
+    official bare `except:` does: an empty prediction or one of only dots ("Hypothesis is
+    empty" / no sentences), and a RecursionError from its recursive LCS walk on a sentence
+    pair of more than about 1,000 words in all (the official script ran at Python's default
+    recursion limit of 1,000; a caller that raises the limit will score such pairs instead,
+    and a pair within a few dozen words of the limit can depend on the caller's stack depth).
     """
-    return float(_ROUGE_L.score(ground_truth, prediction)["rougeL"].fmeasure)
+    try:
+        scores = _ROUGE.get_scores([prediction], [ground_truth], avg=True)
+    except Exception:  # noqa: BLE001  (the official code scores every failure 0)
+        return 0.0
+    return float(scores["rouge-l"]["f"])
 
 
 def classification_score(prediction: str, ground_truth: str, all_classes: Sequence[str] | None = None) -> float:
     """1 / (number of matched class names) when the ground truth is among them, else 0.
 
-    A class matches when its name is a substring of the prediction. Matches that are proper
-    substrings of the ground truth are dropped, so "Other" does not dilute "Other location".
-    The official loop removes from the list it iterates over, which skips the element after
-    each removal; this version drops all of them (the same result unless two such matches
-    are adjacent in `all_classes`). The official difflib fallback is unreachable there
-    (`em_match_list != 0` is always true), so no matches scores 0 here as it does there.
+    A class matches when its name is a substring of the prediction (case-sensitive). The
+    official code then drops matches that are proper substrings of the ground truth by
+    removing them from the list it is iterating over, so the match right after each removed
+    one is never looked at and stays. Which label survives therefore depends on its position
+    among the matches (in `all_classes` order), and the published scores were made this way,
+    so the loop below is the official one on purpose; `list.remove` also drops the first
+    equal entry, as there. The official difflib fallback is unreachable (its condition
+    `em_match_list != 0` compares a list with 0), so no match scores 0 here as there.
     """
     if not all_classes:
         raise ValueError("classification needs all_classes (the allowed labels)")
     matches = [name for name in all_classes if name in prediction]
-    matches = [name for name in matches if not (name in ground_truth and name != ground_truth)]
+    for name in matches:  # removes while iterating, like the official loop (see above)
+        if name in ground_truth and name != ground_truth:
+            matches.remove(name)
     return 1.0 / len(matches) if ground_truth in matches else 0.0
 
 
@@ -107,20 +128,77 @@ def count_score(prediction: str, ground_truth: str, all_classes: Sequence[str] |
     return _fraction_equal(prediction, str(ground_truth))
 
 
-def code_sim_score(prediction: str, ground_truth: str, all_classes: Sequence[str] | None = None) -> float:
-    """Fuzzy ratio / 100 between the ground truth and the first line of code in the prediction.
-
-    As in the official code, that line is the first one (after leading newlines) that contains
-    none of "`", "#" or "//" anywhere, so markdown fences and comments are skipped; if there
-    is none, the empty string is compared. `rapidfuzz.fuzz.ratio` equals fuzzywuzzy's ratio
-    with python-Levenshtein; it is rounded to an integer percent as fuzzywuzzy does.
-    """
-    code_line = ""
+def _code_line(prediction: str) -> str:
+    """The first line (after leading newlines) with none of "`", "#", "//"; "" if none."""
     for line in prediction.lstrip("\n").split("\n"):
         if "`" not in line and "#" not in line and "//" not in line:
-            code_line = line
-            break
-    return round(fuzz.ratio(code_line, ground_truth)) / 100
+            return line
+    return ""
+
+
+# fuzzywuzzy's own wrappers around `fuzz.ratio`: equal strings score 100 (even two empty
+# ones), then an empty string scores 0; the ratio is rounded half to even to a whole percent.
+@fuzz_utils.check_for_equivalence
+@fuzz_utils.check_empty_string
+def _difflib_ratio(a: str, b: str) -> int:
+    # fuzzywuzzy's fallback without python-Levenshtein; autojunk on, as there.
+    return fuzz_utils.intr(100 * difflib.SequenceMatcher(None, a, b).ratio())
+
+
+@fuzz_utils.check_for_equivalence
+@fuzz_utils.check_empty_string
+def _levenshtein_ratio(a: str, b: str) -> int:
+    # python-Levenshtein's `ratio` is the normalized Indel similarity (0.27 computes it with
+    # this very rapidfuzz call); fuzzywuzzy uses it when python-Levenshtein is installed.
+    return fuzz_utils.intr(100 * Indel.normalized_similarity(a, b))
+
+
+def code_sim_score(prediction: str, ground_truth: str, all_classes: Sequence[str] | None = None) -> float:
+    """fuzzywuzzy's `fuzz.ratio` / 100 of the first code line of the prediction and the truth.
+
+    The default: the official requirements.txt installs fuzzywuzzy without
+    python-Levenshtein, so `fuzz.ratio` falls back to difflib's SequenceMatcher, and that is
+    what the official harness computes as shipped (this project has no official predictions
+    to check the published tables against; a machine with python-Levenshtein installed would
+    have produced the other variant). `code_sim_levenshtein_score` is that one, selected per
+    task with `workers.tasks.with_code_sim`. Fences and comment lines are skipped as there.
+    """
+    return _difflib_ratio(_code_line(prediction), ground_truth) / 100
+
+
+def code_sim_levenshtein_score(
+    prediction: str, ground_truth: str, all_classes: Sequence[str] | None = None
+) -> float:
+    """As `code_sim_score`, with fuzzywuzzy's python-Levenshtein path.
+
+    difflib matches the longest common block first and recurses on both sides, which can miss
+    the longest common subsequence that the Indel ratio counts, so the two differ on some pairs
+    (15 of the 68 code cases of the parity fixture).
+    """
+    return _levenshtein_ratio(_code_line(prediction), ground_truth) / 100
+
+
+def extract_choice(response: str) -> str | None:
+    """The letter A-D that a LongBench v2 response names, as pred.py's `extract_answer` finds it.
+
+    Asterisks (markdown bold) are dropped first; the match is case-sensitive and the first
+    occurrence wins. None when the response names no letter in the expected sentence.
+    """
+    response = response.replace("*", "")
+    for pattern in _CHOICE_PATTERNS:
+        match = pattern.search(response)
+        if match:
+            return match.group(1)
+    return None
+
+
+def choice_score(prediction: str, ground_truth: str, all_classes: Sequence[str] | None = None) -> float:
+    """LongBench v2: 1 when the extracted letter of the stripped response is the answer, else 0.
+
+    pred.py skips a response that comes back empty (an API failure there) and so leaves it out
+    of the accuracy; a local model's empty generation is a wrong answer here.
+    """
+    return 1.0 if extract_choice(prediction.strip()) == ground_truth else 0.0
 
 
 METRICS: dict[str, Metric] = {
@@ -132,6 +210,8 @@ METRICS: dict[str, Metric] = {
         Metric("retrieval", retrieval_score, higher_is_better=True),
         Metric("count", count_score, higher_is_better=True),
         Metric("code_sim", code_sim_score, higher_is_better=True),
+        Metric("code_sim_levenshtein", code_sim_levenshtein_score, higher_is_better=True),
+        Metric("choice", choice_score, higher_is_better=True),
     )
 }
 
@@ -167,3 +247,55 @@ def aggregate(scores: Sequence[float]) -> float:
     if not scores:
         raise ValueError("cannot aggregate an empty list of scores")
     return 100.0 * sum(scores) / len(scores)
+
+
+def official_task_score(scores: Sequence[float]) -> float:
+    """eval.py's reported task score: the mean x 100 rounded to 2 decimals."""
+    return round(aggregate(scores), 2)
+
+
+# --- LongBench-E: scores by length bucket --------------------------------------------------------
+LengthBucket = Literal["0-4k", "4-8k", "8k+"]
+LENGTH_BUCKETS: tuple[LengthBucket, ...] = ("0-4k", "4-8k", "8k+")
+
+
+def length_bucket(length: int) -> LengthBucket:
+    """eval.py --e's bucket of a row's `length` (LongBench's word count): < 4000, < 8000, else."""
+    if length < 4000:
+        return "0-4k"
+    if length < 8000:
+        return "4-8k"
+    return "8k+"
+
+
+def bucket_scores(length_and_score: Iterable[tuple[int, float]]) -> dict[LengthBucket, float]:
+    """Mean x 100 of the sample scores in each length bucket that holds any, unrounded.
+
+    Each pair is (the row's `length`, its score in [0, 1]); per-sample rows store the length
+    as `length_words`. eval.py reports an empty bucket as NaN; here it is left out.
+    """
+    grouped: dict[LengthBucket, list[float]] = {}
+    for length, score in length_and_score:
+        grouped.setdefault(length_bucket(length), []).append(score)
+    return {bucket: aggregate(grouped[bucket]) for bucket in LENGTH_BUCKETS if bucket in grouped}
+
+
+# --- LongBench v2: accuracy by difficulty and length ------------------------------------------------
+V2_SPLITS = ("overall", "easy", "hard", "short", "medium", "long")
+
+
+def v2_split_accuracy(rows: Iterable[tuple[str, str, float]]) -> dict[str, float]:
+    """result.py's table: accuracy x 100 overall, by difficulty and by length, unrounded.
+
+    Each row is (difficulty, length, score) with the values `workers.data` validates
+    ("easy"/"hard", "short"/"medium"/"long"). result.py rounds to 1 decimal; a split with no
+    rows is left out (result.py divides by zero there).
+    """
+    grouped: dict[str, list[float]] = {}
+    for difficulty, length, score in rows:
+        for split in ("overall", difficulty, length):
+            grouped.setdefault(split, []).append(score)
+    unknown = set(grouped) - set(V2_SPLITS)
+    if unknown:
+        raise ValueError(f"unknown LongBench v2 split values {sorted(unknown)}; allowed: {', '.join(V2_SPLITS[1:])}")
+    return {split: aggregate(grouped[split]) for split in V2_SPLITS if split in grouped}

@@ -5,9 +5,15 @@ tokens when it is longer (the start holds the instruction and the end the questi
 middle is the part to lose), decodes the two halves back to text, wraps the text in the
 model's chat format except for the few-shot and code tasks, and tokenizes it again.
 
-Departures, both because the official code is model-specific where this is not:
+LongBench v2 (task `longbench_v2`) fills its template as its pred.py does, with a chain of
+`str.replace` of $DOC$, $Q$, $C_A$..$C_D$ by the stripped fields, in that order, and is
+truncated and wrapped in the chat format like the v1 chat tasks.
+
+Departures, all because the official code is model-specific where this is not:
 - the length is measured without special tokens (pred.py counts the BOS too, so it keeps
   one token fewer of the prompt for most models);
+- v2's pred.py keeps `ids[:max//2] + ids[-max//2:]`, one token more than max for an odd
+  max; the same middle truncation as v1 is used here;
 - the chat format is the tokenizer's own chat template (pred.py hand-writes one per model
   family); a tokenizer without one gets the plain prompt.
 """
@@ -21,8 +27,22 @@ from workers.data import LongBenchSample
 from workers.tasks import TaskSpec
 
 
+def _fill_v2(template: str, sample: LongBenchSample) -> str:
+    if sample.choices is None or len(sample.choices) != 4:
+        raise ValueError(f"sample {sample.id!r} has no four choices; LongBench v2 prompts need choice_A..choice_D")
+    fields = (("$DOC$", sample.context), ("$Q$", sample.input))
+    fields += tuple((f"$C_{letter}$", choice) for letter, choice in zip("ABCD", sample.choices))
+    # One replace after the other, as pred.py does: a "$Q$" inside the document is replaced
+    # too, and the official prompts were built that way.
+    for placeholder, value in fields:
+        template = template.replace(placeholder, value.strip())
+    return template
+
+
 def build_prompt(task_spec: TaskSpec, sample: LongBenchSample) -> str:
-    """The task template filled with the sample's `context` and `input`."""
+    """The task template filled with the sample's fields (see TaskSpec.template_style)."""
+    if task_spec.template_style == "v2_replace":
+        return _fill_v2(task_spec.prompt_template, sample)
     # str.format does not re-read the substituted text, so braces in code contexts are safe.
     return task_spec.prompt_template.format(context=sample.context, input=sample.input)
 

@@ -1,31 +1,49 @@
 """Tasks as data: the prompt, generation budget and metric of every evaluation task.
 
-The 16 English LongBench v1 tasks copy the official harness (THUDM/LongBench):
-`config/dataset2prompt.json` for the templates (verbatim, including their odd spacing),
-`config/dataset2maxlen.json` for `max_new_tokens` (samsum and multi_news, absent from the
-root copy of that file, use the 128 and 512 of the `LongBench/` copy), the list in
-`pred.py` of tasks that skip the chat template, the list in `eval.py` of tasks scored on the
-first line of the prediction, and `eval.py`'s `dataset2metric`.
+The 16 English LongBench v1 tasks copy the official harness (THUDM/LongBench, folder
+`LongBench/`): `config/dataset2prompt.json` for the templates, byte for byte, typos included
+(tests/data/longbench-parity/dataset2prompt.en.json holds the official strings and a test
+compares them), `config/dataset2maxlen.json` for `max_new_tokens`, the list in `pred.py` of
+tasks that skip the chat template, the list in `eval.py` of tasks scored on the first line
+of the prediction, and `eval.py`'s `dataset2metric`.
+
+LongBench-E (`<task>_e`, the 13 English tasks of `pred.py --e`) reuses those specs: same
+prompts, budgets and metrics, data from the `<task>_e` files; `workers.metrics.length_bucket`
+sorts its samples into the 0-4k / 4-8k / 8k+ buckets of `eval.py --e`.
+
+`longbench_v2` is LongBench v2 (repository root: `pred.py`, `prompts/0shot.txt`,
+`result.py`): four-way multiple choice, the 0-shot prompt, 128 new tokens, accuracy.
 
 The three `*_synth` tasks are generated offline by `workers.synthetic`; their templates
-mirror the official task they imitate. Bump a task's `version` whenever its template or
-generator changes, so stored results never mix two definitions under one name.
+mirror the official task they imitate. Bump a task's `version` whenever its template,
+generator or metric changes, so stored results never mix two definitions under one name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-MetricName = Literal["qa_f1", "rouge", "classification", "retrieval", "count", "code_sim"]
+MetricName = Literal[
+    "qa_f1", "rouge", "classification", "retrieval", "count", "code_sim", "code_sim_levenshtein", "choice"
+]
+# How `workers.prompts.build_prompt` fills the template: `str.format(context=..., input=...)`
+# (v1, synthetic), or LongBench v2's chain of `str.replace` over $DOC$, $Q$, $C_A$..$C_D$.
+TemplateStyle = Literal["format", "v2_replace"]
+CodeSimVariant = Literal["difflib", "levenshtein"]
 
-LONGBENCH_VERSION = "longbench-v1"
+# v1.1: scored as the official scorer does (the `rouge` package, the official TREC loop,
+# fuzzywuzzy's difflib ratio) and the narrativeqa template byte-identical to the official one;
+# "longbench-v1" rows were scored with rouge-score and rapidfuzz and are not comparable.
+LONGBENCH_VERSION = "longbench-v1.1"
+LONGBENCH_E_VERSION = "longbench-e-v1"
+LONGBENCH_V2_VERSION = "longbench-v2-v1"
 SYNTHETIC_VERSION = "synthetic-v1"
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task. `prompt_template` is filled with `str.format(context=..., input=...)`."""
+    """One task. `prompt_template` is filled as `template_style` says (see TemplateStyle)."""
 
     name: str
     prompt_template: str
@@ -38,6 +56,7 @@ class TaskSpec:
     # with the next in-context example.
     first_line_only: bool
     version: str
+    template_style: TemplateStyle = "format"
 
 
 # Shared by hotpotqa, 2wikimqa and musique in the official config.
@@ -59,10 +78,11 @@ _QASPER = (
     "Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:"
 )
 
+# "asconcisely" (twice) is the official text's typo, kept: the published scores used it.
 _NARRATIVEQA = (
     "You are given a story, which can be either a novel or a movie script, and a question. Answer the "
-    "question as concisely as you can, using a single phrase if possible. Do not provide any explanation."
-    "\n\nStory: {context}\n\nNow, answer the question based on the story as concisely as you can, using a "
+    "question asconcisely as you can, using a single phrase if possible. Do not provide any explanation."
+    "\n\nStory: {context}\n\nNow, answer the question based on the story asconcisely as you can, using a "
     "single phrase if possible. Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:"
 )
 
@@ -196,9 +216,37 @@ _SYNTHETIC_SPECS: tuple[TaskSpec, ...] = (
     ),
 )
 
+# pred.py --e: the English tasks LongBench-E covers (multifieldqa_zh aside, it is Chinese).
+_LONGBENCH_E_BASES = (
+    "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec", "triviaqa",
+    "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p",
+)  # fmt: skip
+_V1_BY_NAME = {spec.name: spec for spec in _LONGBENCH_SPECS}
+_LONGBENCH_E_SPECS: tuple[TaskSpec, ...] = tuple(
+    replace(_V1_BY_NAME[base], name=f"{base}_e", version=LONGBENCH_E_VERSION) for base in _LONGBENCH_E_BASES
+)
+
+# prompts/0shot.txt of the repository root, byte for byte (no final newline). pred.py strips
+# each field and substitutes them in this order with str.replace.
+_V2_ZERO_SHOT = (
+    "Please read the following text and answer the question below.\n\n<text>\n$DOC$\n</text>\n\n"
+    "What is the correct answer to this question: $Q$\nChoices:\n(A) $C_A$\n(B) $C_B$\n(C) $C_C$\n(D) $C_D$\n\n"
+    'Format your response as follows: "The correct answer is (insert answer here)".'
+)
+_LONGBENCH_V2_SPECS: tuple[TaskSpec, ...] = (
+    # pred.py sends the prompt as one chat message and asks for 128 tokens without CoT.
+    TaskSpec("longbench_v2", _V2_ZERO_SHOT, 128, "choice", True, False, LONGBENCH_V2_VERSION, "v2_replace"),
+)
+
 LONGBENCH_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _LONGBENCH_SPECS)
+LONGBENCH_E_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _LONGBENCH_E_SPECS)
+LONGBENCH_V2_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _LONGBENCH_V2_SPECS)
 SYNTHETIC_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _SYNTHETIC_SPECS)
-LONGBENCH_TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _LONGBENCH_SPECS + _SYNTHETIC_SPECS}
+# Every task whose samples `workers.data.load_longbench` reads from a file or the hub.
+LONGBENCH_FORMAT_TASK_NAMES: tuple[str, ...] = LONGBENCH_TASK_NAMES + LONGBENCH_E_TASK_NAMES + LONGBENCH_V2_TASK_NAMES
+LONGBENCH_TASKS: dict[str, TaskSpec] = {
+    spec.name: spec for spec in _LONGBENCH_SPECS + _SYNTHETIC_SPECS + _LONGBENCH_E_SPECS + _LONGBENCH_V2_SPECS
+}
 
 
 def get_task(name: str) -> TaskSpec:
@@ -208,3 +256,18 @@ def get_task(name: str) -> TaskSpec:
     except KeyError:
         allowed = ", ".join(LONGBENCH_TASKS)
         raise ValueError(f"unknown task {name!r}; allowed: {allowed}") from None
+
+
+def with_code_sim(spec: TaskSpec, variant: CodeSimVariant) -> TaskSpec:
+    """The task scored with fuzzywuzzy's difflib ratio (the default) or its Levenshtein one.
+
+    The Levenshtein variant gets its own `version`, so its rows never mix with the default's.
+    """
+    if spec.metric not in ("code_sim", "code_sim_levenshtein"):
+        raise ValueError(f"task {spec.name!r} uses metric {spec.metric!r}; only code_sim tasks have a variant")
+    base = spec.version.removesuffix("+levenshtein")
+    if variant == "difflib":
+        return replace(spec, metric="code_sim", version=base)
+    if variant == "levenshtein":
+        return replace(spec, metric="code_sim_levenshtein", version=f"{base}+levenshtein")
+    raise ValueError(f"code_sim variant must be one of difflib, levenshtein; got {variant!r}")

@@ -1,7 +1,8 @@
 """`WorkUnit`: one (model, compression config, task, shard) to evaluate, and its samples.
 
 Task kinds (`WorkUnit.kind`):
-- "longbench": a LongBench v1 task name (`workers.tasks`); `source` is required (a .jsonl /
+- "longbench": a LongBench v1, LongBench-E (`<task>_e`) or v2 (`longbench_v2`) task name
+  (`workers.tasks`); `source` is required (a .jsonl /
   .parquet file, a folder of `<task>.jsonl`, or `hf://datasets/<owner>/<name>`). Shard i/n is
   `workers.data.shard` (samples dealt by the SHA-256 of their id), then `limit` caps it.
 - "synthetic": `passage_retrieval_synth`, `passage_count_synth`, `kv_retrieval_synth`.
@@ -39,11 +40,11 @@ from streamkv.methods import Method, method_from_mapping
 from workers import data as lb_data
 from workers import hf_baselines  # noqa: F401  (registers transformers' QuantizedCache presets)
 from workers.perplexity import DEFAULT_WIKITEXT
-from workers.tasks import LONGBENCH_TASK_NAMES, SYNTHETIC_TASK_NAMES, get_task
+from workers.tasks import LONGBENCH_FORMAT_TASK_NAMES, SYNTHETIC_TASK_NAMES, get_task
 
 PERPLEXITY_TASK = "wikitext2_ppl"
 PERPLEXITY_TASKS: tuple[str, ...] = (PERPLEXITY_TASK,)
-TASK_NAMES: tuple[str, ...] = LONGBENCH_TASK_NAMES + SYNTHETIC_TASK_NAMES + PERPLEXITY_TASKS
+TASK_NAMES: tuple[str, ...] = LONGBENCH_FORMAT_TASK_NAMES + SYNTHETIC_TASK_NAMES + PERPLEXITY_TASKS
 # Samples generated per synthetic task before sharding (LongBench's tasks have 200 each).
 SYNTHETIC_TOTAL = 200
 
@@ -55,7 +56,7 @@ def task_kind(task: str) -> TaskKind:
         return "perplexity"
     if task in SYNTHETIC_TASK_NAMES:
         return "synthetic"
-    if task in LONGBENCH_TASK_NAMES:
+    if task in LONGBENCH_FORMAT_TASK_NAMES:  # v1, LongBench-E and v2: rows read by workers.data
         return "longbench"
     raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASK_NAMES)}")
 

@@ -8,6 +8,7 @@ from workers.metrics import (
     METRICS,
     aggregate,
     classification_score,
+    code_sim_levenshtein_score,
     code_sim_score,
     count_score,
     first_line,
@@ -22,7 +23,9 @@ from workers.tasks import LONGBENCH_TASKS, get_task
 
 
 def test_every_task_metric_is_registered_and_higher_is_better() -> None:
-    assert set(METRICS) == {"qa_f1", "rouge", "classification", "retrieval", "count", "code_sim"}
+    assert set(METRICS) == {
+        "qa_f1", "rouge", "classification", "retrieval", "count", "code_sim", "code_sim_levenshtein", "choice",
+    }  # fmt: skip
     for spec in LONGBENCH_TASKS.values():
         assert get_metric(spec.metric).higher_is_better
 
@@ -58,12 +61,19 @@ def test_qa_f1(prediction: str, truth: str, expected: float) -> None:
 
 
 def test_rouge_l() -> None:
-    assert rouge_l_score("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(1.0)
-    # rouge_score lowercases and drops punctuation: LCS 3, precision 3/3, recall 3/6.
-    assert rouge_l_score("The Cat sat.", "the cat sat on the mat") == pytest.approx(2 / 3)
-    # LCS of "a c b" and "a b c" is 2 tokens.
-    assert rouge_l_score("a c b", "a b c") == pytest.approx(2 / 3)
+    # The `rouge` package's F has a 1e-8 in its denominator, hence abs=1e-6.
+    assert rouge_l_score("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(1.0, abs=1e-6)
+    # Case is kept ("sat" is the only common word) and lengths count distinct words (the
+    # reference has 5): precision 1/3, recall 1/5, F = 1/4.
+    assert rouge_l_score("The Cat sat.", "the cat sat on the mat") == pytest.approx(0.25, abs=1e-6)
+    # Summary-level LCS over "."-separated sentences: their order does not matter ...
+    assert rouge_l_score("a b. c d", "c d. a b") == pytest.approx(1.0, abs=1e-6)
+    # ... but within one sentence it does: LCS 2 of 4.
+    assert rouge_l_score("a b c d", "c d a b") == pytest.approx(0.5, abs=1e-6)
+    # Every exception of the package scores 0: no sentence at all, or a recursion too deep.
     assert rouge_l_score("", "the cat") == 0.0
+    assert rouge_l_score("...", "the cat") == 0.0
+    assert rouge_l_score(" ".join(f"w{i}" for i in range(1100)), "w5 w6") == 0.0
     assert isinstance(rouge_l_score("", "the cat"), float)
 
 
@@ -85,9 +95,20 @@ def test_classification_with_overlapping_names(prediction: str, truth: str, expe
     assert classification_score(prediction, truth, CLASSES) == pytest.approx(expected)
 
 
-def test_classification_drops_every_substring_of_the_truth() -> None:
-    # The official loop would skip "Bc" after removing "Ab" and score 0.5; see the docstring.
-    assert classification_score("AbBc", "AbBc", ("Ab", "Bc", "AbBc")) == 1.0
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [
+        # Removing "Ab" moves "Bc" under the loop's index, so "Bc" is never checked and stays.
+        (("Ab", "Bc", "AbBc"), 0.5),
+        # With another match between them both substrings are seen and dropped ...
+        (("Ab", "AbBc", "Bc"), 1.0),
+        # ... and the outcome follows the order of the matches, not the truth's position.
+        (("AbBc", "Ab", "Bc"), 0.5),
+        (("Ab", "Ab", "AbBc"), 0.5),  # remove() drops the first "Ab"; the second is skipped
+    ],
+)
+def test_classification_removes_while_iterating_as_the_official_loop(classes, expected) -> None:
+    assert classification_score("AbBc", "AbBc", classes) == expected
 
 
 def test_classification_needs_classes() -> None:
@@ -142,6 +163,18 @@ def test_count(prediction: str, expected: float) -> None:
 )
 def test_code_sim(prediction: str, truth: str, expected: float) -> None:
     assert code_sim_score(prediction, truth) == pytest.approx(expected)
+    assert code_sim_levenshtein_score(prediction, truth) == pytest.approx(expected)
+
+
+def test_code_sim_variants_differ_where_difflib_takes_the_longest_block_first() -> None:
+    # difflib matches the block "aa" (abaa[2:4] = aaa[0:2]) and finds nothing on either side
+    # of it: 2 matched of 7 characters, 2*2/7 -> 57. The Indel ratio uses the full LCS "aaa":
+    # 2*3/7 -> 86.
+    assert code_sim_score("abaa", "aaa") == 0.57
+    assert code_sim_levenshtein_score("abaa", "aaa") == 0.86
+    # fuzzywuzzy's rules in both: equal strings 100, then an empty one 0.
+    for score in (code_sim_score, code_sim_levenshtein_score):
+        assert score("", "") == 1.0 and score("x", "") == 0.0 and score("# c", "x") == 0.0
 
 
 def test_first_line() -> None:
