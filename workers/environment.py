@@ -3,9 +3,10 @@
 `environment(...)` returns the dict stored in `UnitResult.environment`:
 model_name, model_id, weights_sha256, dataset_sha256 (+ dataset_hash_of: what was hashed),
 git_commit ("unknown" outside a git checkout or before the first commit) and git_dirty,
-versions {python, torch, transformers, streamkv, optimum-quanto}, python, seed, device
+versions {python, torch, transformers, streamkv, optimum-quanto, hqq, rouge, fuzzywuzzy,
+rapidfuzz}, python, seed, device
 (e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)"), dtype, hostname, plus whatever the runner
-adds (peak-memory source, calibration file).
+adds (task_version of a generation task, peak-memory source, calibration file).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def versions() -> dict[str, str | None]:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "streamkv": streamkv.__version__,
-            "optimum-quanto": _version("optimum-quanto")}
+            # The peers' backends and the official metrics' packages: scores depend on them.
+            **{dist: _version(dist) for dist in ("optimum-quanto", "hqq", "rouge", "fuzzywuzzy", "rapidfuzz")}}
 
 
 def device_name(device: torch.device) -> str:

@@ -206,7 +206,10 @@ def _run_task_sample(loaded, unit: WorkUnit, plan: _Plan, sample, totals: _Total
                "ttft_s": gen.prefill_seconds, "decode_tokens_per_s": gen.decode_tokens_per_s,
                "kl": fidelity.mean_kl, "top1_agreement": fidelity.top1,
                "kv_bytes": scalars.get("kv_bytes"), "compression_ratio": scalars.get("compression_ratio"),
-               "length_words": sample.length}))
+               "length_words": sample.length,
+               # LongBench v2's splits (None elsewhere), so split accuracies come from the store.
+               **({"difficulty": sample.difficulty, "length_class": sample.length_class}
+                  if sample.difficulty is not None or sample.length_class is not None else {})}))
 
 
 # --- perplexity units --------------------------------------------------------------------------------
@@ -281,6 +284,8 @@ def run_unit(loaded, unit: WorkUnit, progress: ProgressFn | None = None) -> Unit
     env = environment(loaded, model_name=unit.model, dataset_sha256=data_sha, dataset_hash_of=data_what,
                       seed=unit.seed)
     env.update(unit.config.environment())
+    if unit.kind != "perplexity":  # prompt template + metric + their packages: what a score means
+        env["task_version"] = get_task(unit.task).version
     totals, traces = _Totals(), TraceCollector()
     memory = PeakMemory(model.device)
     label = f"{unit.task} {unit.shard} [{unit.method}]"

@@ -162,6 +162,11 @@ def test_a_v2_unit_runs_end_to_end() -> None:
     # One v2 sample: 128 new tokens on two shared CPU cores is the slow part of this test.
     v2 = run_unit(loaded, unit(preset("none"), "longbench_v2", source=str(V2_FILE), max_length=256, limit=1))
     assert v2.n_samples == 1 and v2.samples[0].answers[0] in "ABCD" and v2.samples[0].score in (0.0, 1.0)
+    # The splits are computable from the store, and the row says which template/metric made it.
+    extra = v2.samples[0].extra
+    assert extra["difficulty"] in ("easy", "hard") and extra["length_class"] in ("short", "medium", "long")
+    assert v2.environment["task_version"] == get_task("longbench_v2").version
+    assert v2.environment["versions"]["rouge"] == "1.0.1"
 
 
 def test_e_units_take_their_rows_with_the_length_the_buckets_need(tmp_path: Path) -> None:
