@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-MetricName = Literal["qa_f1", "rouge", "classification", "retrieval", "count", "code_sim"]
+MetricName = Literal["qa_f1", "rouge", "classification", "retrieval", "count", "code_sim", "ruler_string_match_all"]
 
 LONGBENCH_VERSION = "longbench-v1"
 SYNTHETIC_VERSION = "synthetic-v1"
@@ -208,3 +208,26 @@ def get_task(name: str) -> TaskSpec:
     except KeyError:
         allowed = ", ".join(LONGBENCH_TASKS)
         raise ValueError(f"unknown task {name!r}; allowed: {allowed}") from None
+
+
+# --- RULER (NVIDIA/RULER), generated offline by workers.ruler -------------------------------------
+# The templates and answer prefixes live with the generator, which fills them per sample (the
+# value type, the query, the number of variables); a sample's `context` is the filled template
+# and its `input` the answer prefix. Prompts are RULER's `base` model template (plain text, the
+# answer prefix last), so no chat template. max_new_tokens are RULER's tokens_to_generate.
+RULER_VERSION = "ruler-v1"
+
+
+def _ruler(name: str, max_new_tokens: int) -> TaskSpec:
+    return TaskSpec(name, "{context}{input}", max_new_tokens, "ruler_string_match_all", False, False, RULER_VERSION)
+
+
+_RULER_SPECS: tuple[TaskSpec, ...] = (
+    *(_ruler(f"ruler_niah_{variant}", 128) for variant in (
+        "single_1", "single_2", "single_3", "multikey_1", "multikey_2", "multikey_3", "multivalue", "multiquery")),
+    _ruler("ruler_vt", 30),
+    _ruler("ruler_cwe", 120),
+    _ruler("ruler_fwe", 50),
+)
+RULER_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _RULER_SPECS)
+LONGBENCH_TASKS.update({spec.name: spec for spec in _RULER_SPECS})
