@@ -359,11 +359,17 @@ def _fwe(rng: random.Random, size: int, vocab: Sequence[str]) -> tuple[str, str,
 
 
 # --- sizing ----------------------------------------------------------------------------------------
-def _largest_fitting(tokens_of: Callable[[int], int], budget: int, incremental: int) -> int:
+def _largest_fitting(tokens_of: Callable[[int], int], budget: int, incremental: int,
+                     cap: int | None = None) -> int:
     """RULER's binary search: the largest size whose prompt fits `budget` tokens (at least
-    `incremental`, whatever it costs, as in RULER)."""
+    `incremental`, whatever it costs, as in RULER), at most `cap`. RULER's upper bound is 3x
+    the size a per-unit estimate at `incremental` predicts; it is doubled here while it still
+    fits, since a fixed part (cwe's worked example) makes that estimate too small."""
     per_unit = tokens_of(incremental) / incremental
     low, high = incremental, max(int(budget / per_unit * 3), incremental * 2)
+    while (cap is None or high < cap) and tokens_of(high) <= budget:
+        high *= 2
+    high = min(high, cap) if cap is not None else high
     best = None
     while low <= high:
         mid = (low + high) // 2
@@ -441,7 +447,8 @@ def generate(config: RulerConfig, indices: Sequence[int], sources: Sources,
             size += step
         size -= step
     else:
-        size = _largest_fitting(lambda n: tokens("probe", n), budget, step)
+        cap = len(sources.words) if _family(config.task) == "cwe" else None
+        size = _largest_fitting(lambda n: tokens("probe", n), budget, step, cap)
     samples = []
     for index in indices:
         used = size
