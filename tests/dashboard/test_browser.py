@@ -103,6 +103,7 @@ def test_niah_heatmap_in_chromium(server, tmp_path) -> None:
             page.get_by_role("tab", name="RULER / NIAH").click(timeout=60_000)
             panel = page.locator("[role=tabpanel]:visible")
             panel.locator(".vega-embed canvas, .vega-embed svg").first.wait_for(timeout=60_000)
+            panel.get_by_text("RULER table").wait_for(timeout=60_000)  # the page's last element
             page.wait_for_timeout(1500)  # let the chart draw its marks
             body = panel.inner_text()
             shot = tmp_path / "niah_heatmap.png"

@@ -17,7 +17,14 @@ from transformers import PreTrainedTokenizerFast
 
 from workers.data import LongBenchSample, load_longbench
 from workers.prompts import build_prompt, middle_halves, prepare_input, truncate_middle
-from workers.tasks import LONGBENCH_TASK_NAMES, LONGBENCH_TASKS, SYNTHETIC_TASK_NAMES, TaskSpec, get_task
+from workers.tasks import (
+    LONGBENCH_TASK_NAMES,
+    LONGBENCH_TASKS,
+    RULER_TASK_NAMES,
+    SYNTHETIC_TASK_NAMES,
+    TaskSpec,
+    get_task,
+)
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "longbench-sample"
 NO_CHAT = {"trec", "triviaqa", "samsum", "lcc", "repobench-p"}
@@ -36,7 +43,7 @@ def test_registry_holds_the_16_english_longbench_tasks_and_3_synthetic() -> None
         "multi_news", "trec", "triviaqa", "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p",
     )  # fmt: skip
     assert SYNTHETIC_TASK_NAMES == ("passage_retrieval_synth", "passage_count_synth", "kv_retrieval_synth")
-    assert list(LONGBENCH_TASKS) == list(LONGBENCH_TASK_NAMES + SYNTHETIC_TASK_NAMES)
+    assert list(LONGBENCH_TASKS) == list(LONGBENCH_TASK_NAMES + SYNTHETIC_TASK_NAMES + RULER_TASK_NAMES)
     assert all(name == spec.name for name, spec in LONGBENCH_TASKS.items())
 
 
