@@ -467,4 +467,5 @@ def generate(config: RulerConfig, indices: Sequence[int], sources: Sources,
 
 
 __all__ = ["DEPTHS", "DEPTH_TASKS", "NIAH_VARIANTS", "RulerConfig", "Sources", "cell_name", "generate",
-           "min_context_length", "parse_cell", "ruler_problems", "sample_id", "sources_from_articles", "word_pool", "zeta"]
+           "min_context_length", "parse_cell", "ruler_problems", "sample_id", "sources_from_articles",
+           "word_pool", "zeta"]

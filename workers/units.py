@@ -328,6 +328,7 @@ def dataset_sha256(unit: WorkUnit) -> tuple[str, str]:
     return digest.hexdigest(), "validated rows (hub source)"
 
 
-__all__ = ["PERPLEXITY_TASK", "RULER_TOTAL", "SYNTHETIC_TOTAL", "model_tokenizer", "ruler_config", "ruler_samples", "TASK_NAMES", "WorkUnit",
+__all__ = ["PERPLEXITY_TASK", "RULER_TOTAL", "SYNTHETIC_TOTAL", "TASK_NAMES", "WorkUnit", "model_tokenizer",
+           "ruler_config", "ruler_samples",
            "config_from_mapping", "dataset_sha256", "load_config_file", "longbench_samples",
            "task_kind", "window_indices"]

@@ -222,3 +222,42 @@ def test_ruler_unit_runs(tiny_loaded, task):
     assert 0.0 <= result.metrics["score"] <= 100.0
     assert result.samples[0].prompt_tokens + get_task(task).max_new_tokens <= 400
     assert result.environment["dataset_sha256"] and "generated samples" in result.environment["dataset_hash_of"]
+
+
+# --- sweep specs ---------------------------------------------------------------------------------
+def test_spec_expands_cells_and_reports_every_problem():
+    from cluster.plan import plan
+    from cluster.spec import SpecError, parse_spec
+
+    spec = parse_spec({"presets": ["none", "streamkv-2"], "generation": {"max_length": 2048},
+                       "datasets": [{"tasks": ["ruler_vt", "ruler_cwe"], "context_lengths": [1024, 2048]},
+                                    {"task": "ruler_niah_single_2", "context_length": 1024, "depths": [0, 100],
+                                     "limit": 2}]})
+    keys = [u.key.task for u in plan(spec)]
+    assert keys[::2] == ["ruler_vt@ctx1024", "ruler_vt@ctx2048", "ruler_cwe@ctx1024", "ruler_cwe@ctx2048",
+                         "ruler_niah_single_2@ctx1024@depth0", "ruler_niah_single_2@ctx1024@depth100"]
+    assert [u.depth for u in plan(spec)][-2:] == [100, 100] and plan(spec)[-1].limit == 2
+    with pytest.raises(SpecError) as err:
+        parse_spec({"presets": ["none"],
+                    "datasets": [{"task": "ruler_vt", "context_lengths": [100, 2048], "depths": [10]},
+                                 {"task": "ruler_niah_single_1", "context_lengths": [4096]},
+                                 {"task": "ruler_niah_single_1", "context_length": 4096, "depths": [101]},
+                                 {"task": "kv_retrieval_synth", "depths": [5]}]})
+    problems = err.value.problems
+    assert any(p.startswith("datasets[0].context_lengths[0]: context_length=100") for p in problems)
+    assert any(p.startswith("datasets[0].depths[0]: depth is only for single-needle") for p in problems)
+    assert any(p.startswith("generation.max_length: 3500 is below the 3968-token prompts of "
+                            "ruler_niah_single_1@ctx4096") for p in problems)
+    assert any(p.startswith("datasets[2].depths[0]: depth=101 is out of range") for p in problems)
+    assert any(p.startswith("datasets[3]: context_lengths: / depths: are for RULER tasks") for p in problems)
+    with pytest.raises(SpecError, match="already appears"):
+        parse_spec({"presets": ["none"], "datasets": [{"task": "ruler_vt", "context_lengths": [1024, 1024]}]})
+
+
+def test_specs_without_ruler_cells_keep_their_sweep_ids():
+    from cluster.spec import parse_spec
+
+    spec = parse_spec({"presets": ["none"], "datasets": [{"task": "wikitext2_ppl", "context_length": 1024}]})
+    assert "depth" not in spec.content()["datasets"][0]  # the content hash is the one before RULER
+    ruler = parse_spec({"presets": ["none"], "datasets": [{"task": "ruler_niah_single_1", "depths": [50]}]})
+    assert ruler.content()["datasets"][0]["depth"] == 50
