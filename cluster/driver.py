@@ -1002,7 +1002,7 @@ def sweep_results(spec: SweepSpec, sweep_id: str | None = None) -> str:
     finally:
         engine.dispose()
     labels = {c.config_id: c.label for c in spec.configs}
-    return results_table(units, labels, tasks=[d.task for d in spec.datasets])
+    return results_table(units, labels, tasks=[d.stored_task for d in spec.datasets])
 
 
 def _safe(url: str) -> str:

@@ -29,6 +29,8 @@ command line overrides the YAML (`apply_overrides`).
       - {task: passage_retrieval_synth, context_length: 400}
       - {tasks: [narrativeqa, qasper], source: data/longbench}
       - {task: wikitext2_ppl, context_length: 1024, limit: 2, shards: 1}
+      - {tasks: [ruler_niah_single_1, ruler_vt], context_lengths: [1024, 2048]}  # RULER cells
+      - {task: ruler_niah_single_2, context_lengths: [1024, 2048], depths: [0, 50, 100]}  # NIAH grid
     shards: 2                         # per task (datasets[i].shards overrides)
     limit: 2                          # samples (windows) per shard; null = all
     generation: {max_length: 3500}    # prompt tokens (middle truncation)
@@ -54,6 +56,8 @@ from typing import Any
 
 from streamkv.methods import Method, preset, preset_names, resolve_settings
 from streamkv.settings import Problem
+from workers.ruler import cell_name, ruler_problems
+from workers.tasks import get_task
 from workers.units import PERPLEXITY_TASKS, TASK_NAMES, task_kind
 
 DEFAULT_BLOBS = "results/blobs"
@@ -82,6 +86,20 @@ class DatasetSpec:
     shards: int | None = None  # None: SweepSpec.shards
     limit: int | None = None  # None: SweepSpec.limit
     max_length: int | None = None  # None: SweepSpec.max_length
+    depth: int | None = None  # RULER single-needle NIAH: needle depth, percent
+
+    @property
+    def stored_task(self) -> str:
+        """The task name its results are keyed by (a RULER cell for RULER tasks)."""
+        if task_kind(self.task) == "ruler":
+            return cell_name(self.task, self.context_length, self.depth)
+        return self.task
+
+    def content(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["depth"] is None:  # absent before RULER: sweep ids of older specs stay the same
+            del data["depth"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -144,7 +162,7 @@ class SweepSpec:
             "models": list(self.models),
             "configs": [{"label": c.label, "config_id": c.config_id, **c.config.to_dict()}
                         for c in self.configs],
-            "datasets": [dataclasses.asdict(d) for d in self.datasets],
+            "datasets": [d.content() for d in self.datasets],
             "shards": self.shards, "limit": self.limit, "max_length": self.max_length,
             "seed": self.seed, "dtype": self.dtype,
         }
@@ -182,7 +200,8 @@ def _safe_url(url: str) -> str:
 _TOP_KEYS = {"name", "model", "models", "dtype", "device", "grid", "points", "presets", "datasets",
              "shards", "limit", "generation", "seed", "max_attempts", "store", "resources", "sweep_id",
              "description"}
-_DATASET_KEYS = {"task", "tasks", "source", "context_length", "shards", "limit", "max_length"}
+_DATASET_KEYS = {"task", "tasks", "source", "context_length", "context_lengths", "depths", "shards", "limit",
+                 "max_length"}
 _DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -326,6 +345,7 @@ def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> li
         kwargs: dict[str, Any] = {}
         if "context_length" in entry:
             kwargs["context_length"] = _int_field(problems, f"{path}.context_length", entry["context_length"], 2)
+        cells = _ruler_cells(problems, path, entry, tasks)
         if "shards" in entry:
             kwargs["shards"] = _int_field(problems, f"{path}.shards", entry["shards"], 1)
         if "limit" in entry:
@@ -355,6 +375,12 @@ def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> li
                 problems.add(f"{path}.source", f"required for LongBench task {task!r} (a .jsonl/.parquet file, "
                              "a folder of <task>.jsonl, or hf://datasets/<owner>/<name>)")
                 continue
+            if kind == "ruler":
+                _add_ruler_cells(problems, path, tpath, task, cells, kwargs, source, seen, out)
+                continue
+            if "context_lengths" in entry or "depths" in entry:
+                problems.add(path, f"context_lengths: / depths: are for RULER tasks; {task!r} takes context_length:")
+                continue
             ctx = kwargs.get("context_length")
             if kind == "synthetic" and isinstance(ctx, int) and ctx < 20:
                 problems.add(f"{path}.context_length", f"{ctx} is too small for synthetic task {task!r} "
@@ -369,6 +395,68 @@ def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> li
                 continue  # already reported
             out.append(DatasetSpec(task=task, source=source, **kwargs))
     return out
+
+
+def _ruler_cells(problems: _Problems, path: str, entry: Mapping[str, Any],
+                 tasks: list[Any]) -> list[tuple[str, int, str, int | None]] | None:
+    """(length path, length, depth path, depth) of every cell of a RULER entry; None when the
+    entry's lengths or depths are malformed (reported here)."""
+    if "context_length" in entry and "context_lengths" in entry:
+        problems.add(path, "give context_length: N or context_lengths: [N, ...], not both")
+        return None
+    if "context_lengths" in entry:
+        lengths = entry["context_lengths"]
+        if not isinstance(lengths, (list, tuple)) or not lengths:
+            problems.add(f"{path}.context_lengths", f"{lengths!r} must be a non-empty list of token counts")
+            return None
+        length_items = [(f"{path}.context_lengths[{i}]", v) for i, v in enumerate(lengths)]
+    else:
+        length_items = [(f"{path}.context_length", entry.get("context_length", DatasetSpec.context_length))]
+    depth_items: list[tuple[str, Any]] = [("", None)]
+    if "depths" in entry:
+        depths = entry["depths"]
+        if not isinstance(depths, (list, tuple)) or not depths:
+            problems.add(f"{path}.depths", f"{depths!r} must be a non-empty list of percents (0..100)")
+            return None
+        depth_items = [(f"{path}.depths[{i}]", v) for i, v in enumerate(depths)]
+    return [(lp, length, dp, depth) for lp, length in length_items for dp, depth in depth_items]
+
+
+def _add_ruler_cells(problems: _Problems, path: str, tpath: str, task: str, cells, kwargs: dict[str, Any],
+                     source: str | None, seen: dict[str, str], out: list[DatasetSpec]) -> None:
+    """One DatasetSpec per (context length, depth) cell of a RULER task, each problem at its path."""
+    if cells is None:
+        return
+    for lpath, length, dpath, depth in cells:
+        found = ruler_problems(task, length, depth)
+        for message in found:
+            where = dpath if message.startswith("depth") else lpath
+            problems.add(where, message)
+        if found:
+            continue
+        name = cell_name(task, length, depth)
+        if name in seen:
+            problems.add(tpath, f"cell {name} already appears in {seen[name]}; a sweep holds each RULER cell once")
+            continue
+        seen[name] = tpath
+        if None in (kwargs.get("shards", 0), kwargs.get("max_length", 0)):
+            continue  # already reported
+        rest = {k: v for k, v in kwargs.items() if k != "context_length"}
+        out.append(DatasetSpec(task=task, source=source, context_length=length, depth=depth, **rest))
+
+
+def _check_ruler_lengths(datasets, max_length: int, problems: _Problems) -> None:
+    """A RULER prompt is sized to its context length; a max_length below it would cut the
+    middle out of the haystack (and the needle with it)."""
+    for i, d in enumerate(datasets):
+        if task_kind(d.task) != "ruler":
+            continue
+        limit = d.max_length or max_length
+        prompt = d.context_length - get_task(d.task).max_new_tokens
+        if prompt > limit:
+            where = f"datasets[{i}].max_length" if d.max_length else "generation.max_length"
+            problems.add(where, f"{limit} is below the {prompt}-token prompts of {d.stored_task} (allowed: >= "
+                         "context_length - max_new_tokens; raise it)")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -503,6 +591,7 @@ def parse_spec(data: Any, *, source: str = "spec", base_dir: str | Path | None =
     if kw.get("device") == "cuda" and kw["resources"].num_gpus_per_actor == 0:
         problems.add("resources.num_gpus_per_actor", "0 GPUs per actor with device: cuda")
     _check_unquantized_windows(kw.get("configs", ()), kw.get("datasets", ()), problems)
+    _check_ruler_lengths(kw.get("datasets", ()), kw.get("max_length") or defaults.max_length, problems)
     if problems:
         raise SpecError(problems, source)
     kw["raw"] = dict(data)

@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sweep {spec.resolved_sweep_id}: {len(units)} units "
               f"({len(spec.models)} model(s) x {len(spec.configs)} config(s) x {len(spec.datasets)} task(s) x shards)")
         for unit in units:
-            print(f"  {unit.model}  {unit.key.config_id}  {unit.method:<12} {unit.task:<26} {unit.shard}")
+            print(f"  {unit.model}  {unit.key.config_id}  {unit.method:<12} {unit.key.task:<26} {unit.shard}")
         return 0
     if not args.no_isolate and isolation.wanted(args.address, spec.store.resolved_url,
                                                 str(spec.store.resolved_blobs)):

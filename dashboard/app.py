@@ -63,6 +63,12 @@ def load_sweep(url: str, sweep_id: str) -> v.SweepData:
     return v.load_sweep_data(engine_for(url), sweep_id)
 
 
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def load_config_labels(url: str, sweep_id: str) -> dict[str, str]:
+    record = q.get_sweep(engine_for(url), sweep_id)
+    return v.config_labels(record.spec if record else None)
+
+
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Loading unit status…")
 def load_health(url: str, sweep_id: str) -> dict[str, pd.DataFrame]:
     return v.load_health(engine_for(url), sweep_id)
@@ -200,6 +206,47 @@ def trace_view(url: str, blobs_uri: str, results: pd.DataFrame, state: dict[str,
         ).properties(height=300, title="Outlier ratio per layer"), width="stretch")
 
 
+def niah_heatmap(grid: pd.DataFrame, difference: bool) -> alt.FacetChart:
+    """Context length x needle depth per config: the score, or its difference against none."""
+    field, title = ("score_delta", "Score − none (points)") if difference else ("score", "Score (0-100)")
+    scale = (alt.Scale(scheme="redblue", domain=[-100, 100]) if difference
+             else alt.Scale(scheme="viridis", domain=[0, 100]))
+    base = alt.Chart(grid).encode(
+        x=alt.X("depth:O", title="Needle depth (% of haystack)"),
+        y=alt.Y("context_length:O", title="Context length (tokens)", sort="descending"))
+    rect = base.mark_rect().encode(
+        color=alt.Color(f"{field}:Q", title=title, scale=scale),
+        tooltip=["config:N", "context_length:O", "depth:O", alt.Tooltip("score:Q", format=".1f"),
+                 alt.Tooltip("score_delta:Q", title="score − none", format=".1f"), "n_samples:Q"])
+    text = base.mark_text(fontSize=12).encode(text=alt.Text(f"{field}:Q", format=".0f"),
+                                              color=alt.value("black"))
+    return alt.layer(rect, text).properties(width=170, height=150).facet(
+        facet=alt.Facet("config:N", title=None), columns=5)
+
+
+def ruler_view(cells: pd.DataFrame, state: dict[str, Any]) -> None:
+    st.caption("RULER's synthetic tasks (string match: the share of the references found in the "
+               "prediction, 0-100) at context lengths in the model's tokens; the needle-in-a-"
+               "haystack grid has one unit per context length x needle depth.")
+    niah_tasks = sorted(cells.loc[cells["depth"].notna(), "ruler_task"].unique())
+    if niah_tasks:
+        task = qp_choice("NIAH task", "niah_task", niah_tasks, state)
+        grid = v.niah_grid(cells, task)
+        shown = qp_choice("Heatmap of", "niah_show", ["score", "difference vs none"], state)
+        difference = shown != "score"
+        if difference and grid["score_delta"].isna().all():
+            st.warning("No finished uncompressed (method='none') cells: no difference to show.")
+        st.altair_chart(niah_heatmap(grid, difference).properties(
+            title=f"{task}: {'score − none' if difference else 'score'} per cell"))
+        st.dataframe(grid, hide_index=True, width="stretch", key="niah_grid")
+    table = v.ruler_table(cells)
+    if not table.empty:
+        st.markdown("**RULER table** (score per task, by config and context length)")
+        st.dataframe(table, hide_index=True, width="stretch", key="ruler_table")
+        st.download_button("Download CSV", v.table_csv(table), file_name="ruler.csv", mime="text/csv",
+                           key="ruler_csv")
+
+
 def health_view(health: dict[str, pd.DataFrame]) -> None:
     counts = v.health_summary(health["units"])
     cols = st.columns(5)
@@ -266,7 +313,9 @@ def render(url: str, blobs_uri: str) -> None:
     m[2].metric("Configs shown", int(scores["config_id"].nunique()))
     mean = scores["score"].mean()
     m[3].metric("Mean score (selection)", "—" if pd.isna(mean) else f"{mean:.4f}")
-    tabs = st.tabs(["Quality vs memory", "Ablation", "Outlier traces", "Sweep health"])
+    cells = v.ruler_cells(scores, load_config_labels(url, sweep_id))
+    tab_names = ["Quality vs memory", "Ablation", "Outlier traces", "Sweep health"]
+    tabs = st.tabs(tab_names + (["RULER / NIAH"] if len(cells) else []))
     with tabs[0]:
         quality_view(scores, fields, state)
     with tabs[1]:
@@ -276,6 +325,9 @@ def render(url: str, blobs_uri: str) -> None:
         trace_view(url, blobs_uri, shown, state)
     with tabs[3]:
         health_view(health)
+    if len(cells):
+        with tabs[4]:
+            ruler_view(cells, state)
     st.query_params.from_dict(state)
 
 

@@ -220,3 +220,59 @@ def health_summary(units: pd.DataFrame) -> dict[str, int]:
 def failure_table(failures: pd.DataFrame) -> pd.DataFrame:
     cols = ["model_id", "config_id", "task", "shard", "status", "attempts", "worker", "error"]
     return failures[[c for c in cols if c in failures.columns]].reset_index(drop=True)
+
+
+# --- RULER and needle-in-a-haystack -----------------------------------------------------------
+def config_labels(spec: Mapping[str, Any] | None) -> dict[str, str]:
+    """config_id -> the label the sweep spec gave it ("preset streamkv-4", "points[0]"...),
+    with the "preset " prefix dropped; empty when the spec does not list its configs."""
+    configs = (spec or {}).get("configs") or []
+    return {str(c["config_id"]): str(c.get("label") or c["config_id"]).removeprefix("preset ")
+            for c in configs if isinstance(c, Mapping) and "config_id" in c}
+
+
+def ruler_cells(task_scores: pd.DataFrame, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The RULER rows of v_task_scores with their cell split out of the stored task name
+    (`store.cells.cell_name`): ruler_task, context_length, depth (None outside the NIAH
+    grid), and `config`, a display label per config (the spec's label, else method + id)."""
+    from store.cells import parse_cell
+
+    cols = ["ruler_task", "context_length", "depth", "config"]
+    if task_scores.empty:
+        return task_scores.assign(**{c: pd.Series(dtype="object") for c in cols})
+    cells = task_scores["task"].map(parse_cell)
+    df = task_scores[cells.notna()].copy()
+    parsed = cells[cells.notna()]
+    df["ruler_task"] = [c[0] for c in parsed]
+    df["context_length"] = [c[1] for c in parsed]
+    df["depth"] = pd.Series([c[2] for c in parsed], index=df.index, dtype="object")
+    names = labels or {}
+    df["config"] = [names.get(cid) or f"{method} {cid}" for cid, method in zip(df["config_id"], df["method"])]
+    return df
+
+
+def niah_grid(cells: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One row per config x context length x depth of a NIAH task: score (0-100) and
+    score_delta, its difference against the sweep's uncompressed (method='none') score of the
+    same cell (NaN where that baseline has not finished)."""
+    cols = ["model_id", "config", "config_id", "method", "context_length", "depth", "score",
+            "score_delta", "n_samples"]
+    sel = cells[(cells["ruler_task"] == task) & cells["depth"].notna()] if len(cells) else cells
+    if sel.empty:
+        return pd.DataFrame(columns=cols)
+    out = sel.assign(depth=sel["depth"].astype(int), context_length=sel["context_length"].astype(int))
+    return out[cols].sort_values(["config", "context_length", "depth"]).reset_index(drop=True)
+
+
+def ruler_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """RULER's table: one row per model x config x context length, one column per task (the
+    string-match score, 0-100), then their mean; the NIAH grid's cells (with a depth) are
+    left out, as they measure one depth each rather than the task."""
+    index = ["model_id", "config", "context_length"]
+    sel = cells[cells["depth"].isna()] if len(cells) else cells
+    if sel.empty:
+        return pd.DataFrame(columns=[*index, "avg"])
+    wide = sel.pivot_table(index=index, columns="ruler_task", values="score", aggfunc="mean")
+    wide.columns = [str(c).removeprefix("ruler_") for c in wide.columns]
+    wide["avg"] = wide.mean(axis=1)
+    return wide.reset_index().sort_values(["model_id", "context_length", "config"]).reset_index(drop=True)

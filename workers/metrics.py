@@ -299,3 +299,29 @@ def v2_split_accuracy(rows: Iterable[tuple[str, str, float]]) -> dict[str, float
     if unknown:
         raise ValueError(f"unknown LongBench v2 split values {sorted(unknown)}; allowed: {', '.join(V2_SPLITS[1:])}")
     return {split: aggregate(grouped[split]) for split in V2_SPLITS if split in grouped}
+
+
+# --- RULER (NVIDIA/RULER, scripts/eval/synthetic/constants.py and evaluate.py) -------------------
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f]")
+
+
+def ruler_postprocess(prediction: str) -> str:
+    """evaluate.py's postprocess_pred: strip, control characters to newlines, strip again."""
+    return _CONTROL_CHARS.sub("\n", prediction.strip()).strip()
+
+
+def ruler_string_match_all(prediction: str, ground_truth: str, all_classes: Sequence[str] | None = None) -> float:
+    """RULER's string_match_all for one sample: the fraction of the references (the lines of
+    `ground_truth`, see workers.ruler) found, case-insensitively, inside the prediction.
+
+    RULER averages these x 100 over samples and rounds to 2 decimals; `aggregate` gives the
+    same mean unrounded. An empty reference list cannot be scored, so it raises.
+    """
+    references = [line for line in ground_truth.split("\n") if line]
+    if not references:
+        raise ValueError("ruler_string_match_all needs at least one reference (one per line)")
+    found = ruler_postprocess(prediction).lower()
+    return sum(reference.lower() in found for reference in references) / len(references)
+
+
+METRICS["ruler_string_match_all"] = Metric("ruler_string_match_all", ruler_string_match_all, higher_is_better=True)

@@ -25,10 +25,11 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 MetricName = Literal[
-    "qa_f1", "rouge", "classification", "retrieval", "count", "code_sim", "code_sim_levenshtein", "choice"
+    "qa_f1", "rouge", "classification", "retrieval", "count", "code_sim", "code_sim_levenshtein", "choice",
+    "ruler_string_match_all",
 ]
 # How `workers.prompts.build_prompt` fills the template: `str.format(context=..., input=...)`
-# (v1, synthetic), or LongBench v2's chain of `str.replace` over $DOC$, $Q$, $C_A$..$C_D$.
+# (v1, synthetic, RULER), or LongBench v2's chain of `str.replace` over $DOC$, $Q$, $C_A$..$C_D$.
 TemplateStyle = Literal["format", "v2_replace"]
 CodeSimVariant = Literal["difflib", "levenshtein"]
 
@@ -271,3 +272,26 @@ def with_code_sim(spec: TaskSpec, variant: CodeSimVariant) -> TaskSpec:
     if variant == "levenshtein":
         return replace(spec, metric="code_sim_levenshtein", version=f"{base}+levenshtein")
     raise ValueError(f"code_sim variant must be one of difflib, levenshtein; got {variant!r}")
+
+
+# --- RULER (NVIDIA/RULER), generated offline by workers.ruler -------------------------------------
+# The templates and answer prefixes live with the generator, which fills them per sample (the
+# value type, the query, the number of variables); a sample's `context` is the filled template
+# and its `input` the answer prefix. Prompts are RULER's `base` model template (plain text, the
+# answer prefix last), so no chat template. max_new_tokens are RULER's tokens_to_generate.
+RULER_VERSION = "ruler-v1"
+
+
+def _ruler(name: str, max_new_tokens: int) -> TaskSpec:
+    return TaskSpec(name, "{context}{input}", max_new_tokens, "ruler_string_match_all", False, False, RULER_VERSION)
+
+
+_RULER_SPECS: tuple[TaskSpec, ...] = (
+    *(_ruler(f"ruler_niah_{variant}", 128) for variant in (
+        "single_1", "single_2", "single_3", "multikey_1", "multikey_2", "multikey_3", "multivalue", "multiquery")),
+    _ruler("ruler_vt", 30),
+    _ruler("ruler_cwe", 120),
+    _ruler("ruler_fwe", 50),
+)
+RULER_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _RULER_SPECS)
+LONGBENCH_TASKS.update({spec.name: spec for spec in _RULER_SPECS})

@@ -140,6 +140,42 @@ def fill_toy_sweep(engine: Any, blobs: BlobStore) -> None:
         write_unit_result(engine, blobs, unit_result(key, name, 200 + minute))
 
 
+RULER_SWEEP_ID = "sw-ruler"
+RULER_CONFIGS = {"none": CONFIGS["none"], "streamkv-4": CONFIGS["skv4"], "streamkv-2": CONFIGS["skv2"]}
+NIAH_LENGTHS, NIAH_DEPTHS = (1024, 2048), (0, 50, 100)
+
+
+def niah_score(name: str, length: int, depth: int) -> float:
+    """Made-up cell scores with a shape to see: 2-bit loses the long, mid-depth needles."""
+    if name == "streamkv-2" and length == 2048 and depth == 50:
+        return 20.0
+    return 100.0 if name != "streamkv-2" or depth == 0 else 60.0
+
+
+def fill_ruler_sweep(engine: Any, blobs: BlobStore) -> None:
+    """sw-ruler: a NIAH grid (2 lengths x 3 depths) and two RULER cells (vt, cwe @ 1024) for
+    none, streamkv-4 and streamkv-2; the spec lists its configs' labels as a sweep spec does."""
+    from store.cells import cell_name
+
+    tasks = [cell_name("ruler_niah_single_1", n, d) for n in NIAH_LENGTHS for d in NIAH_DEPTHS]
+    tasks += [cell_name("ruler_vt", 1024), cell_name("ruler_cwe", 1024)]
+    keys = {(n, t): UnitKey(RULER_SWEEP_ID, MODEL, cid(c), t, "0/1") for n, c in RULER_CONFIGS.items()
+            for t in tasks}
+    spec = {"configs": [{"label": f"preset {n}", "config_id": cid(c)} for n, c in RULER_CONFIGS.items()]}
+    register_sweep(engine, RULER_SWEEP_ID, "RULER demo", spec, list(keys.values()),
+                   list(RULER_CONFIGS.values()), created_by="tests")
+    skv = {"none": "none", "streamkv-4": "skv4", "streamkv-2": "skv2"}
+    for minute, ((name, task), key) in enumerate(keys.items()):
+        result = unit_result(key, skv[name], 300 + minute)
+        if "@depth" in task:
+            _, length, depth = task.split("@")
+            score = niah_score(name, int(length.removeprefix("ctx")), int(depth.removeprefix("depth")))
+        else:
+            score = {"none": 80.0, "streamkv-4": 70.0, "streamkv-2": 30.0}[name] - (10.0 if "cwe" in task else 0.0)
+        result.metrics["score"] = score
+        write_unit_result(engine, blobs, result)
+
+
 def build_store(root: Path) -> dict[str, Any]:
     db_url = f"sqlite:///{root / 'store.db'}"
     blobs_uri = str(root / "blobs")
@@ -147,6 +183,7 @@ def build_store(root: Path) -> dict[str, Any]:
     blobs = BlobStore(blobs_uri)
     try:
         fill_toy_sweep(engine, blobs)  # first: the newest sweep (sw-demo) is the default view
+        fill_ruler_sweep(engine, blobs)
         register_sweep(engine, "sw-empty", "Nothing run yet", {"note": "empty"},
                        [UnitKey("sw-empty", MODEL, cid(CONFIGS["none"]), "qa", "0/1")],
                        [CONFIGS["none"]])
@@ -173,7 +210,7 @@ def build_store(root: Path) -> dict[str, Any]:
         engine.dispose()
     return {"db_url": db_url, "blobs_uri": blobs_uri, "sweep_id": SWEEP_ID,
             "sweep_name": SWEEP_NAME, "configs": CONFIGS, "scores": SCORES,
-            "toy_sweep_id": TOY_SWEEP_ID}
+            "toy_sweep_id": TOY_SWEEP_ID, "ruler_sweep_id": RULER_SWEEP_ID}
 
 
 @pytest.fixture(scope="session")

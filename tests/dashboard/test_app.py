@@ -112,3 +112,21 @@ def test_missing_database_shows_store_error(monkeypatch, tmp_path) -> None:
     assert not at.exception
     assert any("cannot connect to the results database" in e.value for e in at.error)
     assert not (tmp_path / "nowhere" / "missing.db").exists()  # read-only: never created
+
+
+def test_ruler_tab_heatmap_and_table(monkeypatch, demo_store) -> None:
+    at = run_app(monkeypatch, demo_store, sweep=demo_store["ruler_sweep_id"])
+    assert not at.exception and not at.error
+    assert [t.label for t in at.tabs][-1] == "RULER / NIAH"
+    grid = frame_with(at, "depth")
+    assert len(grid) == 18 and grid["score_delta"].min() == -80.0
+    table = frame_with(at, "vt")
+    assert set(table["config"]) == {"none", "streamkv-4", "streamkv-2"}
+    at.selectbox(key="sel_niah_show").set_value("difference vs none").run()
+    assert not at.exception
+    assert at.query_params["niah_show"] in ("difference vs none", ["difference vs none"])
+
+
+def test_no_ruler_tab_without_ruler_cells(monkeypatch, demo_store) -> None:
+    at = run_app(monkeypatch, demo_store)
+    assert "RULER / NIAH" not in [t.label for t in at.tabs]

@@ -88,3 +88,31 @@ def test_dashboard_in_chromium(server, tmp_path) -> None:
     assert SWEEP_NAME in body
     assert "Quality vs memory" in body and "Traceback" not in body
     assert shot.stat().st_size > 10_000
+
+
+def test_niah_heatmap_in_chromium(server, tmp_path) -> None:
+    """The RULER / NIAH tab of the demo RULER sweep: the heatmaps draw, and a screenshot of
+    them is kept (tmp_path, and $STREAMKV_SCREENSHOT_DIR/niah_heatmap.png when set)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"{server}/?sweep=sw-ruler", wait_until="domcontentloaded")
+            page.get_by_role("tab", name="RULER / NIAH").click(timeout=60_000)
+            panel = page.locator("[role=tabpanel]:visible")
+            panel.locator(".vega-embed canvas, .vega-embed svg").first.wait_for(timeout=60_000)
+            panel.get_by_text("RULER table").wait_for(timeout=60_000)  # the page's last element
+            page.wait_for_timeout(1500)  # let the chart draw its marks
+            body = panel.inner_text()
+            shot = tmp_path / "niah_heatmap.png"
+            panel.screenshot(path=str(shot))
+            if os.environ.get("STREAMKV_SCREENSHOT_DIR"):
+                out = Path(os.environ["STREAMKV_SCREENSHOT_DIR"])
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copy(shot, out / "niah_heatmap.png")
+        finally:
+            browser.close()
+    assert "ruler_niah_single_1" in body and "RULER table" in body and "Traceback" not in body
+    assert shot.stat().st_size > 10_000

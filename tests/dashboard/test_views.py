@@ -116,3 +116,43 @@ def test_fields_of_an_unknown_method_are_filters_and_ablation_axes(demo_store) -
     assert table["toy_scale"].tolist()[:3] == [0.5, 1.0, 2.0]
     assert v.value_label(table["toy_scale"].iloc[3]) == "—"  # the baseline has none: last
     assert table["qa delta"].iloc[0] == pytest.approx(TOY_SCORES["toy0.5"][0] - TOY_SCORES["none"][0])
+
+
+def test_ruler_views_on_the_demo_store(demo_store) -> None:
+    from conftest import NIAH_DEPTHS, NIAH_LENGTHS, RULER_CONFIGS, RULER_SWEEP_ID, niah_score
+
+    from store import queries as q
+
+    engine = readonly_engine(demo_store["db_url"])
+    try:
+        data = v.load_sweep_data(engine, RULER_SWEEP_ID)
+        labels = v.config_labels(q.get_sweep(engine, RULER_SWEEP_ID).spec)
+    finally:
+        engine.dispose()
+    assert sorted(labels.values()) == sorted(RULER_CONFIGS)
+    cells = v.ruler_cells(data.task_scores, labels)
+    assert len(cells) == len(data.task_scores) == 3 * (len(NIAH_LENGTHS) * len(NIAH_DEPTHS) + 2)
+    grid = v.niah_grid(cells, "ruler_niah_single_1")
+    assert len(grid) == 3 * 6 and set(grid["depth"]) == set(NIAH_DEPTHS)
+    for _, row in grid.iterrows():
+        assert row["score"] == niah_score(row["config"], row["context_length"], row["depth"])
+        # the difference against none of the same cell (none scores 100 everywhere)
+        assert row["score_delta"] == pytest.approx(row["score"] - 100.0)
+    worst = grid.loc[grid["score_delta"].idxmin()]
+    assert (worst["config"], worst["context_length"], worst["depth"]) == ("streamkv-2", 2048, 50)
+    table = v.ruler_table(cells)
+    assert list(table.columns) == ["model_id", "config", "context_length", "cwe", "vt", "avg"]
+    by_config = table.set_index("config")
+    assert by_config.loc["none", "vt"] == 80.0 and by_config.loc["streamkv-2", "cwe"] == 20.0
+    assert by_config.loc["streamkv-4", "avg"] == pytest.approx(65.0)
+
+
+def test_ruler_views_ignore_other_tasks() -> None:
+    ts = pd.DataFrame({"task": ["qa", "ruler_vt@ctx1024", "ruler_vt@ctx1024x"], "config_id": ["a"] * 3,
+                       "method": ["none"] * 3, "model_id": ["m"] * 3, "score": [1.0, 50.0, 9.0],
+                       "score_delta": [0.0] * 3, "n_samples": [1] * 3})
+    cells = v.ruler_cells(ts)
+    assert cells["task"].tolist() == ["ruler_vt@ctx1024"] and cells["config"].tolist() == ["none a"]
+    assert v.niah_grid(cells, "ruler_niah_single_1").empty
+    assert v.ruler_table(v.ruler_cells(ts.iloc[:1])).empty
+    assert v.config_labels(None) == {} and v.config_labels({"configs": [{"config_id": "x"}]}) == {"x": "x"}

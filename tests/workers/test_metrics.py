@@ -25,6 +25,7 @@ from workers.tasks import LONGBENCH_TASKS, get_task
 def test_every_task_metric_is_registered_and_higher_is_better() -> None:
     assert set(METRICS) == {
         "qa_f1", "rouge", "classification", "retrieval", "count", "code_sim", "code_sim_levenshtein", "choice",
+        "ruler_string_match_all",
     }  # fmt: skip
     for spec in LONGBENCH_TASKS.values():
         assert get_metric(spec.metric).higher_is_better

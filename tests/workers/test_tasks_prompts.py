@@ -20,6 +20,7 @@ from workers.tasks import (
     LONGBENCH_TASK_NAMES,
     LONGBENCH_TASKS,
     LONGBENCH_V2_TASK_NAMES,
+    RULER_TASK_NAMES,
     SYNTHETIC_TASK_NAMES,
     TaskSpec,
     get_task,
@@ -49,6 +50,7 @@ def test_registry_holds_the_16_english_longbench_tasks_and_3_synthetic() -> None
     assert LONGBENCH_V2_TASK_NAMES == ("longbench_v2",)
     assert list(LONGBENCH_TASKS) == list(
         LONGBENCH_TASK_NAMES + SYNTHETIC_TASK_NAMES + LONGBENCH_E_TASK_NAMES + LONGBENCH_V2_TASK_NAMES
+        + RULER_TASK_NAMES
     )
     assert all(name == spec.name for name, spec in LONGBENCH_TASKS.items())
 
