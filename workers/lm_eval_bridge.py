@@ -62,8 +62,9 @@ class StreamKVLM(HFLM):
             method = method_from_mapping({"preset": preset or "none"})
         if not isinstance(method, Method):
             raise TypeError(f"method must be a streamkv method object, got {type(method).__name__}")
-        batch = kwargs.pop("batch_size", 1)
-        if str(batch) != "1":
+        batch = kwargs.pop("batch_size", None)  # lm-eval passes None when it was not given
+        kwargs.pop("max_batch_size", None)
+        if batch is not None and str(batch) != "1":
             raise ValueError(f"batch_size={batch!r} is out of range (allowed: 1; padding would enter "
                              "the quantized cache of the real tokens)")
         method.check_available()
@@ -146,9 +147,23 @@ def task_manager(name: str, include_path: str | Path | None = None):
 
 @lru_cache(maxsize=4)
 def _manager(paths: tuple[str, ...], include_defaults: bool):
+    return _RebasingTaskManager(include_path=list(paths), include_defaults=include_defaults)
+
+
+def _rebasing_class():
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=list(paths), include_defaults=include_defaults)
+    class RebasingTaskManager(TaskManager):
+        """lm-eval's TaskManager, but a task named by its name reads relative local
+        `data_files` beside its YAML (`_task_spec`), wherever the process runs."""
+
+        def _load_spec(self, spec):  # lm-eval 0.4.13's one loading path for names and dicts
+            return super()._load_spec(_task_spec(self, spec) if isinstance(spec, str) else spec)
+
+    return RebasingTaskManager
+
+
+_RebasingTaskManager = _rebasing_class()
 
 
 def _version() -> str:
@@ -161,7 +176,7 @@ def _task_spec(manager, name: str) -> str | dict[str, Any]:
     """The name, or for a YAML task of an include folder its config with data_files rebased."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    entry = manager.task_index[name]
+    entry = manager.task_index.get(name)
     path = getattr(entry, "yaml_path", None)
     if not path:
         return name
@@ -186,7 +201,7 @@ def _rebase(files: Any, folder: Path) -> Any:
 
 def load_task(manager, name: str):
     """The lm-eval Task object of `name` (its documents are loaded here, once per unit)."""
-    loaded = manager.load([_task_spec(manager, name)])
+    loaded = manager.load([name])
     if loaded["groups"] or len(loaded["tasks"]) != 1:
         raise ValueError(f"lm-eval task {name!r} is a group of {len(loaded['tasks'])} tasks; list its tasks "
                          "one by one under lm_eval.tasks (each is one unit)")

@@ -98,6 +98,19 @@ def test_batches_are_refused(tiny_loaded):
         StreamKVLM(tiny_loaded.model, preset("none"), tiny_loaded.tokenizer, batch_size=4)
 
 
+def test_registered_model_by_name():
+    """The README's call: lm-eval builds the model from its name and a preset."""
+    import lm_eval
+
+    from workers.lm_eval_bridge import task_manager
+
+    out = lm_eval.simple_evaluate(model="streamkv", tasks=["streamkv_facts_mc"], limit=2,
+                                  model_args={"pretrained": "tiny-random-llama", "preset": "streamkv-3"},
+                                  task_manager=task_manager("streamkv_facts_mc"))
+    assert 0.0 <= out["results"]["streamkv_facts_mc"]["acc,none"] <= 1.0
+    assert out["config"]["model"] == "streamkv"
+
+
 def test_shards_and_metric_names():
     assert shard_doc_ids(7, 1, 3, None) == [1, 4]
     assert shard_doc_ids(16, 0, 2, 3) == [0, 2, 4]
