@@ -73,6 +73,17 @@ class StreamKVLM(HFLM):
         self.method = method
         self.cache_stats: list[dict[str, Any]] = []  # the method's stats, one per model call
 
+    # lm-eval passes tqdm's `disable` itself, so TQDM_DISABLE=1 (the sweep's quiet actors,
+    # cluster.progress.QUIET_ENV) would not hide its progress bars: pass it on here.
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or _quiet())
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or _quiet())
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return super().generate_until(requests, disable_tqdm=disable_tqdm or _quiet())
+
     def _record(self, cache) -> None:
         self.cache_stats.append(self.method.stats(cache, self.model.config).scalars())
 
@@ -94,6 +105,10 @@ class StreamKVLM(HFLM):
         out = super()._model_generate(context, max_length, stop, **generation_kwargs)
         self._record(cache)
         return out
+
+
+def _quiet() -> bool:
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
 
 
 def _dtype(name: Any) -> torch.dtype:
