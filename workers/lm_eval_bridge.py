@@ -25,6 +25,7 @@ working directory, which differs between the driver and Ray actors).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import socket
@@ -68,8 +69,16 @@ class StreamKVLM(HFLM):
             raise ValueError(f"batch_size={batch!r} is out of range (allowed: 1; padding would enter "
                              "the quantized cache of the real tokens)")
         method.check_available()
-        super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=1, max_length=max_length,
-                         **kwargs)
+        # HFLM warns that a model object instead of a name may ignore its other arguments: that
+        # is the intent here (the model is loaded once per actor), so the warning is dropped.
+        hf_log = logging.getLogger("lm_eval.models.huggingface")
+        level = hf_log.level
+        hf_log.setLevel(logging.ERROR)
+        try:
+            super().__init__(pretrained=pretrained, tokenizer=tokenizer, batch_size=1, max_length=max_length,
+                             **kwargs)
+        finally:
+            hf_log.setLevel(level)
         self.method = method
         self.cache_stats: list[dict[str, Any]] = []  # the method's stats, one per model call
 
