@@ -31,6 +31,7 @@ command line overrides the YAML (`apply_overrides`).
       - {task: wikitext2_ppl, context_length: 1024, limit: 2, shards: 1}
       - {tasks: [ruler_niah_single_1, ruler_vt], context_lengths: [1024, 2048]}  # RULER cells
       - {task: ruler_niah_single_2, context_lengths: [1024, 2048], depths: [0, 50, 100]}  # NIAH grid
+      - {lm_eval: {tasks: [streamkv_facts_mc], include_path: null}, limit: 8}
     shards: 2                         # per task (datasets[i].shards overrides)
     limit: 2                          # samples (windows) per shard; null = all
     generation: {max_length: 3500}    # prompt tokens (middle truncation)
@@ -200,8 +201,9 @@ def _safe_url(url: str) -> str:
 _TOP_KEYS = {"name", "model", "models", "dtype", "device", "grid", "points", "presets", "datasets",
              "shards", "limit", "generation", "seed", "max_attempts", "store", "resources", "sweep_id",
              "description"}
-_DATASET_KEYS = {"task", "tasks", "source", "context_length", "context_lengths", "depths", "shards", "limit",
-                 "max_length"}
+_DATASET_KEYS = {"task", "tasks", "lm_eval", "source", "context_length", "context_lengths", "depths", "shards",
+                 "limit", "max_length"}
+_LM_EVAL_KEYS = {"tasks", "include_path"}
 _DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -337,8 +339,11 @@ def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> li
             problems.add(path, f"must be a mapping with task: NAME, got {entry!r}")
             continue
         _unknown(problems, path, entry, _DATASET_KEYS)
-        if ("task" in entry) == ("tasks" in entry):
-            problems.add(path, "give exactly one of task: NAME or tasks: [NAMES]")
+        if sum(k in entry for k in ("task", "tasks", "lm_eval")) != 1:
+            problems.add(path, "give exactly one of task: NAME, tasks: [NAMES] or lm_eval: {tasks: [NAMES]}")
+            continue
+        if "lm_eval" in entry:
+            out.extend(_parse_lm_eval(entry, path, problems, base_dir, seen))
             continue
         key = "task" if "task" in entry else "tasks"
         tasks = _list_of(entry[key])
@@ -457,6 +462,64 @@ def _check_ruler_lengths(datasets, max_length: int, problems: _Problems) -> None
             where = f"datasets[{i}].max_length" if d.max_length else "generation.max_length"
             problems.add(where, f"{limit} is below the {prompt}-token prompts of {d.stored_task} (allowed: >= "
                          "context_length - max_new_tokens; raise it)")
+
+
+def _parse_lm_eval(entry: Mapping[str, Any], path: str, problems: _Problems, base_dir: Path | None,
+                   seen: dict[str, str]) -> list[DatasetSpec]:
+    """`{lm_eval: {tasks: [NAMES], include_path: FOLDER}, shards:, limit:}`: one dataset per
+    lm-eval task, named "lm_eval:<task>", with the include folder as its source."""
+    from workers.lm_eval_tasks import task_names
+    from workers.units import LM_EVAL_PREFIX
+
+    block = entry["lm_eval"]
+    bpath = f"{path}.lm_eval"
+    if not isinstance(block, Mapping):
+        problems.add(bpath, f"must be a mapping {{tasks: [NAMES], include_path: FOLDER}}, got {block!r}")
+        return []
+    _unknown(problems, bpath, block, _LM_EVAL_KEYS)
+    for key in ("source", "context_length", "max_length"):
+        if key in entry:
+            problems.add(f"{path}.{key}", "unused by lm-eval tasks (their YAML sets data, prompts and "
+                         "lengths; a folder of extra task YAMLs is lm_eval.include_path)")
+    kwargs: dict[str, Any] = {}
+    if "shards" in entry:
+        kwargs["shards"] = _int_field(problems, f"{path}.shards", entry["shards"], 1)
+    if "limit" in entry:
+        kwargs["limit"] = _int_field(problems, f"{path}.limit", entry["limit"], 1, optional=True)
+    include = block.get("include_path")
+    if include is not None:
+        folder = Path(include) if isinstance(include, str) else None
+        if folder is not None and not folder.is_absolute() and base_dir is not None:
+            folder = base_dir / folder
+        if folder is None or not folder.is_dir():
+            problems.add(f"{bpath}.include_path", f"{include!r} must be a folder of lm-eval task YAMLs")
+            include = None
+        else:
+            include = str(folder.resolve())
+    tasks = block.get("tasks")
+    if not isinstance(tasks, (list, tuple)) or not tasks:
+        problems.add(f"{bpath}.tasks", f"required: a non-empty list of lm-eval task names, got {tasks!r}")
+        return []
+    _known, groups = task_names(include)
+    out = []
+    for j, name in enumerate(tasks):
+        tpath = f"{bpath}.tasks[{j}]"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            problems.add(tpath, f"{name!r} must be an lm-eval task name (letters, digits, '_', '.', '-')")
+            continue
+        if name in groups:
+            problems.add(tpath, f"{name!r} is an lm-eval group: list its tasks one by one (each is one unit "
+                         "of work with its own score)")
+            continue
+        task = LM_EVAL_PREFIX + name
+        if task in seen:
+            problems.add(tpath, f"lm-eval task {name!r} already appears in {seen[task]}")
+            continue
+        seen[task] = tpath
+        if None in (kwargs.get("shards", 0),):
+            continue  # already reported
+        out.append(DatasetSpec(task=task, source=include, **kwargs))
+    return out
 
 
 def _inside(path: Path, folder: Path) -> bool:

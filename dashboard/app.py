@@ -129,6 +129,12 @@ def quality_view(scores: pd.DataFrame, fields: list[str], state: dict[str, Any])
     front = alt.Chart(pts[pts["pareto"]].sort_values(x)).mark_line(
         strokeDash=[4, 2], color="gray").encode(x=xs, y=ys, order=f"{x}:Q")
     layers = [front, points]
+    bars = pts.dropna(subset=["y_low", "y_high"])
+    if len(bars):  # the score of one task: its 95 % bootstrap interval over samples
+        layers.append(alt.Chart(bars).mark_rule().encode(
+            x=xs, y=alt.Y("y_low:Q", title=y_title), y2="y_high:Q", color=alt.Color("method:N"),
+            tooltip=[*tooltip(fields), alt.Tooltip("y_low:Q", title="95% low", format=".2f"),
+                     alt.Tooltip("y_high:Q", title="95% high", format=".2f"), alt.Tooltip("n:Q")]))
     base = v.baseline_value(pts)
     if base is not None:
         layers.append(alt.Chart(pd.DataFrame({"y": [base], "label": ["fp16 baseline"]}))
@@ -138,9 +144,17 @@ def quality_view(scores: pd.DataFrame, fields: list[str], state: dict[str, Any])
     st.altair_chart(alt.layer(*layers).properties(
         height=420, title=f"{metric} vs {x} (one point per config; dashed red: uncompressed)"),
         width="stretch")
+    if metric == "score":
+        note = v.not_distinguishable_note(pts)
+        st.caption((note + " " if note else "") + (
+            "Error bars: 95 % bootstrap intervals over samples." if len(bars) else
+            "Select one task to see each score's 95 % interval (a mean over tasks has none)."))
     cols = ["model_id", "config_id", "method", *[f for f in fields if f != "method"],
-            "y", "avg_bits", "compression_ratio", "tasks", "pareto"]
-    st.dataframe(pts[[c for c in cols if c in pts.columns]].rename(columns={"y": metric}),
+            "y", "y_low", "y_high", "n", "avg_bits", "compression_ratio", "tasks", "pareto"]
+    shown = pts[[c for c in cols if c in pts.columns]]
+    if not len(bars):
+        shown = shown.drop(columns=["y_low", "y_high"], errors="ignore")
+    st.dataframe(shown.rename(columns={"y": metric, "y_low": "95% low", "y_high": "95% high"}),
                  hide_index=True, width="stretch")
 
 
@@ -159,6 +173,31 @@ def ablation_view(scores: pd.DataFrame, fields: list[str], state: dict[str, Any]
     st.dataframe(table, hide_index=True, width="stretch", key="ablation_table")
     st.download_button("Download CSV", v.table_csv(table), file_name=f"ablation_{axis}.csv",
                        mime="text/csv", key="ablation_csv")
+    intervals = v.task_intervals(scores)
+    if len(intervals):
+        interval_chart(intervals)
+
+
+def interval_chart(intervals: pd.DataFrame) -> None:
+    """Each task's score per config with its 95 % interval, and which ones overlap."""
+    title = "Task score (95 % bootstrap interval)"
+    y = alt.Y("y:Q", title=title, scale=alt.Scale(zero=False))
+    x = alt.X("config_id:N", title="config", sort=None)
+    base = alt.Chart(intervals)
+    chart = alt.layer(
+        base.mark_rule().encode(x=x, y=alt.Y("y_low:Q", title=title), y2="y_high:Q",
+                                color=alt.Color("method:N", title="Method")),
+        base.mark_point(filled=True, size=70).encode(
+            x=x, y=y, color="method:N",
+            tooltip=["config_id:N", "method:N", "task:N", alt.Tooltip("y:Q", format=".2f"),
+                     alt.Tooltip("y_low:Q", title="95% low", format=".2f"),
+                     alt.Tooltip("y_high:Q", title="95% high", format=".2f"), "n:Q"]),
+    ).properties(height=260).facet(column=alt.Column("task:N", title=None))
+    st.altair_chart(chart)
+    for task, rows in intervals.groupby("task", sort=True):
+        note = v.not_distinguishable_note(rows)
+        if note:
+            st.caption(f"{task}: {note}")
 
 
 def trace_view(url: str, blobs_uri: str, results: pd.DataFrame, state: dict[str, Any]) -> None:

@@ -103,17 +103,42 @@ def apply_filters(frame: pd.DataFrame, selection: Mapping[str, Sequence[Any]]) -
 
 # --- quality vs memory ------------------------------------------------------------------------
 def quality_points(task_scores: pd.DataFrame, metric: str, fields: Sequence[str] = ()) -> pd.DataFrame:
-    """One point per model x config: `metric` and memory averaged over the selected tasks."""
+    """One point per model x config: `metric` and memory averaged over the selected tasks.
+
+    For the score of a single task, y_low / y_high are its stored 95 % interval and n its
+    sample count; NaN otherwise (a mean over tasks has no stored interval)."""
     cols = ["model_id", "config_id", "method", *[f for f in fields if f not in ("method",)]]
     if task_scores.empty:
-        return pd.DataFrame(columns=[*cols, "y", "avg_bits", "compression_ratio", "tasks"])
+        return pd.DataFrame(columns=[*cols, "y", "avg_bits", "compression_ratio", "tasks", "y_low",
+                                     "y_high", "n"])
     df = task_scores.assign(avg_bits=(task_scores["avg_key_bits"] + task_scores["avg_value_bits"]) / 2)
+    for name in ("score_ci_low", "score_ci_high", "n_samples"):
+        if name not in df.columns:
+            df[name] = float("nan")
     keys = [c for c in cols if c in df.columns]
     grouped = df.astype({c: "object" for c in keys}).groupby(keys, dropna=False, sort=True)
     out = grouped.agg(y=(metric, "mean"), avg_bits=("avg_bits", "mean"),
                       compression_ratio=("compression_ratio", "mean"),
-                      tasks=("task", "nunique")).reset_index()
+                      tasks=("task", "nunique"), y_low=("score_ci_low", "mean"),
+                      y_high=("score_ci_high", "mean"), n=("n_samples", "sum")).reset_index()
+    single = (out["tasks"] == 1) & (metric == "score")
+    out.loc[~single, ["y_low", "y_high"]] = float("nan")
     return out
+
+
+def indistinguishable_pairs(points: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, label) of the points of one model whose 95 % intervals overlap: their scores are
+    not distinguishable at that level. Labels are "method config_id"; points without an
+    interval are left out."""
+    have = points.dropna(subset=["y_low", "y_high"]) if {"y_low", "y_high"} <= set(points.columns) \
+        else points.iloc[0:0]
+    rows = list(have.itertuples(index=False))
+    pairs = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            if a.model_id == b.model_id and a.y_low <= b.y_high and b.y_low <= a.y_high:
+                pairs.append((f"{a.method} {a.config_id}", f"{b.method} {b.config_id}"))
+    return pairs
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, *, x_higher_better: bool,
@@ -148,13 +173,20 @@ def ablation_table(task_scores: pd.DataFrame, axis: str, fields: Sequence[str] =
     if task_scores.empty:
         return pd.DataFrame(columns=[*index, "avg score", "avg delta"])
     df = task_scores.astype({c: "object" for c in index})
-    wide = (df.groupby([*index, "task"], dropna=False, sort=False)[["score", "score_delta"]]
+    # The 95 % interval and sample count of each score, where the rows carry them.
+    ci = "score_ci_low" in df.columns and df["score_ci_low"].notna().any()
+    values = ["score", "score_delta", *(["score_ci_low", "score_ci_high", "n_samples"] if ci else [])]
+    wide = (df.groupby([*index, "task"], dropna=False, sort=False)[values]
             .mean().unstack("task"))
     tasks = sorted(df["task"].unique())
     out = pd.DataFrame(index=wide.index)
     for t in tasks:
         out[f"{t} score"] = wide[("score", t)]
         out[f"{t} delta"] = wide[("score_delta", t)]
+        if ci:
+            out[f"{t} 95% CI"] = [interval_label(lo, hi) for lo, hi in
+                                  zip(wide[("score_ci_low", t)], wide[("score_ci_high", t)])]
+            out[f"{t} n"] = wide[("n_samples", t)]
     out["avg score"] = out[[f"{t} score" for t in tasks]].mean(axis=1)
     out["avg delta"] = out[[f"{t} delta" for t in tasks]].mean(axis=1)
     out = out.reset_index()
@@ -162,6 +194,31 @@ def ablation_table(task_scores: pd.DataFrame, axis: str, fields: Sequence[str] =
     order = out[axis].map(lambda v: (_missing(v), str(type(v)), 0 if _missing(v) else v))
     return out.iloc[sorted(range(len(out)), key=lambda i: (order.iloc[i], out["config_id"].iloc[i]))
                     ].reset_index(drop=True)
+
+
+def task_intervals(task_scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per model x config x task with a stored interval: y (score), y_low, y_high, n."""
+    cols = ["model_id", "config_id", "method", "task", "y", "y_low", "y_high", "n"]
+    if task_scores.empty or "score_ci_low" not in task_scores.columns:
+        return pd.DataFrame(columns=cols)
+    out = task_scores.rename(columns={"score": "y", "score_ci_low": "y_low", "score_ci_high": "y_high",
+                                      "n_samples": "n"})
+    return out.dropna(subset=["y", "y_low", "y_high"])[cols].reset_index(drop=True)
+
+
+def not_distinguishable_note(points: pd.DataFrame, limit: int = 8) -> str | None:
+    """A sentence naming the pairs of `indistinguishable_pairs(points)`, None when none."""
+    pairs = indistinguishable_pairs(points)
+    if not pairs:
+        return None
+    shown = "; ".join(f"{a} vs {b}" for a, b in pairs[:limit])
+    more = f" (and {len(pairs) - limit} more)" if len(pairs) > limit else ""
+    return f"Not distinguishable (95 % intervals overlap): {shown}{more}."
+
+
+def interval_label(low: Any, high: Any) -> str:
+    """"[low, high]" with one decimal, "—" when either bound is missing."""
+    return "—" if _missing(low) or _missing(high) else f"[{float(low):.1f}, {float(high):.1f}]"
 
 
 def table_csv(table: pd.DataFrame) -> bytes:

@@ -36,7 +36,9 @@ units          one row per unit of work = (sweep_id, model_id, config_id, task, 
 
 unit_summaries one row per finished unit (unit_id PK, FK units).
   method, n_samples, score, perplexity, kl, top1_agreement (copies of the metrics of the same
-  name, NULL if not measured), avg_key_bits, avg_value_bits (average stored bits per element),
+  name, NULL if not measured), score_ci_low, score_ci_high (the 95 % bootstrap interval of
+  score over the unit's n_samples samples, `workers.intervals`; NULL in rows written before
+  migration 0004 and for units without a score), avg_key_bits, avg_value_bits (average stored bits per element),
   kv_bytes (measured bytes of the compressed cache), fp16_kv_bytes (same cache in fp16),
   compression_ratio (fp16_kv_bytes / kv_bytes), outlier_ratio (share of outlier channels),
   prefill_tokens_per_s, decode_tokens_per_s, peak_memory_bytes, worker, device, started_at,
@@ -56,7 +58,9 @@ Views (created by the migrations, typed in views_metadata): v_unit_results (one 
 unit with method, chunk_size, quantize_current_chunk and config_json of its config),
 v_task_scores (per sweep x model x config x task, aggregated over shards weighted by
 n_samples, same config columns, with baseline_score / score_delta against the method='none'
-configs of the same sweep, model and task, whatever their chunk_size).
+configs of the same sweep, model and task, whatever their chunk_size; score_ci_low /
+score_ci_high are the single shard's interval when the task ran as one shard, NULL for several
+shards: shard intervals do not combine; one over shards needs their samples pooled).
 """
 
 from __future__ import annotations
@@ -228,6 +232,9 @@ class UnitSummaryRow(Base):
     written_at: Mapped[datetime] = mapped_column(UtcDateTime)
     git_commit: Mapped[str | None] = mapped_column(String(64))
     environment: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    # Added by migration 0004 (so at the end of the table, as ADD COLUMN puts them).
+    score_ci_low: Mapped[float | None] = mapped_column(Double)
+    score_ci_high: Mapped[float | None] = mapped_column(Double)
 
 
 class MetricRow(Base):
@@ -265,7 +272,8 @@ class BlobRow(Base):
 
 
 # Summary columns filled from `UnitResult.metrics` entries of the same name.
-SUMMARY_METRICS: tuple[str, ...] = ("score", "perplexity", "kl", "top1_agreement")
+SUMMARY_METRICS: tuple[str, ...] = ("score", "perplexity", "kl", "top1_agreement", "score_ci_low",
+                                     "score_ci_high")
 
 # --- views ------------------------------------------------------------------------------------
 # The SQL lives in the migrations (views are schema); these typed column lists let queries
@@ -311,6 +319,8 @@ v_unit_results = Table(
     Column("worker", String),
     Column("device", String),
     Column("finished_at", UtcDateTime),
+    Column("score_ci_low", Double),
+    Column("score_ci_high", Double),
 )
 
 v_task_scores = Table(
@@ -332,6 +342,8 @@ v_task_scores = Table(
     Column("compression_ratio", Double),
     Column("baseline_score", Double),
     Column("score_delta", Double),
+    Column("score_ci_low", Double),
+    Column("score_ci_high", Double),
 )
 
 VIEW_NAMES: tuple[str, ...] = ("v_unit_results", "v_task_scores")

@@ -40,6 +40,12 @@ def test_smoke_sweep_then_dashboard(tmp_path):
     # Windows span several chunks, so the compressed perplexity rows really saw quantized tokens.
     ppl = results[(results["task"] == "wikitext2_ppl") & (results["method"] != "none")]
     assert len(ppl) == 3 and (ppl["kl"] > 0).all()
+    # The lm-eval tasks ran offline through the bridge: lm-eval's own metrics are stored.
+    metrics = queries.metric_frame(engine, sweeps["sweep_id"][0])
+    lm = results[results["task"].str.startswith("lm_eval:")]
+    assert len(lm) == 8 and lm["score_ci_low"].notna().all()
+    names = set(metrics.loc[metrics["task"].str.startswith("lm_eval:"), "metric"])
+    assert {"acc", "acc_norm", "exact_match/strip", "score", "score_ci_low", "score_ci_high"} <= names
     engine.dispose()
 
     from streamlit.testing.v1 import AppTest

@@ -2,7 +2,8 @@
 
 Nothing here knows Ray or SQL. One model is loaded per process; each unit's method object is
 passed explicitly to every forward and generate call, with a fresh cache per sample built by
-the method (`method.new_cache`), and measured by the method (`method.stats`). Per sample:
+the method (`method.new_cache`), and measured by the method (`method.stats`). lm-eval units
+(`unit.kind == "lm_eval"`) are run by `workers.lm_eval_bridge.run_lm_eval_unit`. Per sample:
 
 - task units (LongBench / synthetic): prompt (`prepare_input`: official template, middle
   truncation to `max_length`, chat format) -> greedy generation (`workers.generation`) ->
@@ -11,7 +12,9 @@ the method (`method.new_cache`), and measured by the method (`method.stats`). Pe
   position but the first -> fidelity (a) of all window positions.
 
 Unit metrics (`UnitResult.metrics`):
-- score: `workers.metrics.aggregate` (mean x 100) of the sample scores (task units);
+- score: `workers.metrics.aggregate` (mean x 100) of the sample scores (task units), with
+  score_ci_low / score_ci_high, its 95 % bootstrap interval over the samples (seeded by the
+  unit's seed; `score_interval_metrics`);
 - perplexity = exp(total NLL / total predicted tokens) and nll (per token) (perplexity units);
 - kl, top1_agreement: token-weighted means over all compared positions; n_tokens: how many;
 - prompt_tokens, new_tokens, ttft_s: means per sample; peak_kv_bytes: the largest cache seen.
@@ -54,6 +57,7 @@ from streamkv.methods import Method
 from workers import fidelity as fid
 from workers.environment import device_name, environment
 from workers.generation import generate_sample
+from workers.intervals import DEFAULT_RESAMPLES, bootstrap_interval
 from workers.metrics import aggregate, score_sample
 from workers.perplexity import load_text, token_windows
 from workers.prompts import prepare_input
@@ -274,8 +278,20 @@ def _mean(values: list) -> float | None:
     return sum(present) / len(present) if present and len(present) == len(values) else None
 
 
+def score_interval_metrics(scores: list[float], seed: int,
+                           n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, float]:
+    """score_ci_low / score_ci_high: the 95 % bootstrap interval (`workers.intervals`) of the
+    unit's score (x 100, like the score), over its per-sample scores, seeded by the unit's seed."""
+    ci = bootstrap_interval(scores, n_resamples=n_resamples, seed=seed)
+    return {"score_ci_low": 100.0 * ci.low, "score_ci_high": 100.0 * ci.high}
+
+
 def run_unit(loaded, unit: WorkUnit, progress: ProgressFn | None = None) -> UnitResult:
     """Evaluate `unit` on `loaded` (a `streamkv.loading.LoadedModel`); see the module docstring."""
+    if unit.kind == "lm_eval":  # lm-eval runs its own requests (imported here: lm-eval is heavy)
+        from workers.lm_eval_bridge import run_lm_eval_unit
+
+        return run_lm_eval_unit(loaded, unit, progress)
     started = datetime.now(timezone.utc)
     report = progress or (lambda message: None)
     model = loaded.model
@@ -332,6 +348,7 @@ def run_unit(loaded, unit: WorkUnit, progress: ProgressFn | None = None) -> Unit
             metrics["perplexity"] = math.exp(metrics["nll"])
         else:
             metrics["score"] = aggregate(totals.scores)
+            metrics.update(score_interval_metrics(totals.scores, unit.seed))
             metrics["new_tokens"] = totals.new_tokens / n
             metrics["ttft_s"] = totals.prefill_seconds / n
         if totals.fidelity.tokens:
@@ -380,4 +397,4 @@ def _calibration_overlap(info: dict[str, Any], unit: WorkUnit, text_sha: str, wi
     return sum(1 for w in windows if w in used)
 
 
-__all__ = ["PeakMemory", "ProgressFn", "SampleError", "run_unit"]
+__all__ = ["PeakMemory", "ProgressFn", "SampleError", "run_unit", "score_interval_metrics"]

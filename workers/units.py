@@ -25,6 +25,12 @@ Task kinds (`WorkUnit.kind`):
   tokenized once and cut into non-overlapping windows of `context_length` tokens
   (`workers.perplexity.token_windows`); shard i/n takes the windows whose index is i mod n,
   and `limit` caps the windows per shard.
+- "lm_eval": `lm_eval:<task>`, any lm-evaluation-harness task (`workers.lm_eval_bridge`); `source`
+  is an optional folder of extra task YAMLs (lm-eval's `include_path`; the repository's
+  offline tasks in workers/lm_eval_tasks/ are always there). Shard i/n takes the task's
+  documents i, i + n, ... of its evaluation split, then `limit` caps them; lm-eval's task
+  YAML decides prompts, few-shot and generation settings (`max_length`/`context_length` are
+  unused).
 
 `max_length` bounds LongBench/synthetic prompts (official middle truncation,
 `workers.prompts.prepare_input`); it is unused by perplexity units.
@@ -61,10 +67,22 @@ SYNTHETIC_TOTAL = 200
 # Sample ids per RULER cell before sharding; only the unit's own samples are generated.
 RULER_TOTAL = 100
 
-TaskKind = Literal["longbench", "synthetic", "ruler", "perplexity"]
+TaskKind = Literal["longbench", "synthetic", "ruler", "perplexity", "lm_eval"]
+# lm-eval tasks are named "lm_eval:<its task name>", apart from ours in the store.
+LM_EVAL_PREFIX = "lm_eval:"
+
+
+def lm_eval_task(task: str) -> str:
+    """The lm-eval name of an "lm_eval:<name>" task."""
+    if not task.startswith(LM_EVAL_PREFIX) or not task[len(LM_EVAL_PREFIX):].strip():
+        raise ValueError(f"task {task!r} is not an lm-eval task (allowed: {LM_EVAL_PREFIX}<lm-eval task name>)")
+    return task[len(LM_EVAL_PREFIX):]
 
 
 def task_kind(task: str) -> TaskKind:
+    if isinstance(task, str) and task.startswith(LM_EVAL_PREFIX):
+        lm_eval_task(task)  # the name after the prefix must be there
+        return "lm_eval"
     if task in PERPLEXITY_TASKS:
         return "perplexity"
     if task in SYNTHETIC_TASK_NAMES:
@@ -73,7 +91,7 @@ def task_kind(task: str) -> TaskKind:
         return "ruler"
     if task in LONGBENCH_FORMAT_TASK_NAMES:  # v1, LongBench-E and v2: rows read by workers.data
         return "longbench"
-    raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASK_NAMES)}")
+    raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASK_NAMES)}, or {LM_EVAL_PREFIX}<lm-eval task>")
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,8 @@ class WorkUnit:
     config: Method
     task: str
     shard: str = "0/1"  # "i/n"
-    source: str | None = None  # LongBench file/folder/hf:// id; text file for synthetic/ppl
+    source: str | None = None  # LongBench file/folder/hf:// id; text file for synthetic/ppl;
+    # lm_eval: a folder of task YAMLs
     limit: int | None = None  # samples (windows) per shard
     max_length: int = 3500  # prompt tokens (middle truncation)
     context_length: int = 2048  # perplexity window tokens / synthetic context words / RULER tokens
@@ -108,6 +127,9 @@ class WorkUnit:
         if kind == "longbench" and not self.source:
             problems.append(f"task {self.task!r} is a LongBench task and needs source= (a .jsonl/.parquet "
                             "file, a folder holding <task>.jsonl, or hf://datasets/<owner>/<name>)")
+        if kind == "lm_eval" and self.source and not Path(self.source).is_dir():
+            problems.append(f"source={self.source!r} of lm-eval task {self.task!r} must be a folder of task "
+                            "YAMLs (lm-eval's include_path)")
         for name, low in (("max_length", 1), ("context_length", 2)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -303,7 +325,10 @@ def window_indices(n_windows: int, unit: WorkUnit) -> list[int]:
 
 
 def dataset_sha256(unit: WorkUnit) -> tuple[str, str]:
-    """(sha256, what it hashes) of the unit's data."""
+    """(sha256, what it hashes) of the unit's data (lm-eval units: see `workers.lm_eval_bridge`,
+    which hashes the documents lm-eval evaluated)."""
+    if unit.kind == "lm_eval":
+        raise ValueError(f"{unit.task}: an lm-eval unit's data hash comes from its run (lm_eval_bridge)")
     if unit.kind == "perplexity":
         return lb_data.file_sha256(unit.text_path()), f"file {unit.text_path().name}"
     if unit.kind == "ruler":
@@ -330,7 +355,7 @@ def dataset_sha256(unit: WorkUnit) -> tuple[str, str]:
     return digest.hexdigest(), "validated rows (hub source)"
 
 
-__all__ = ["PERPLEXITY_TASK", "RULER_TOTAL", "SYNTHETIC_TOTAL", "TASK_NAMES", "WorkUnit", "model_tokenizer",
-           "ruler_config", "ruler_samples",
+__all__ = ["LM_EVAL_PREFIX", "PERPLEXITY_TASK", "RULER_TOTAL", "SYNTHETIC_TOTAL", "TASK_NAMES", "WorkUnit",
+           "lm_eval_task", "model_tokenizer", "ruler_config", "ruler_samples",
            "config_from_mapping", "dataset_sha256", "load_config_file", "longbench_samples",
            "task_kind", "window_indices"]

@@ -130,3 +130,18 @@ def test_ruler_tab_heatmap_and_table(monkeypatch, demo_store) -> None:
 def test_no_ruler_tab_without_ruler_cells(monkeypatch, demo_store) -> None:
     at = run_app(monkeypatch, demo_store)
     assert "RULER / NIAH" not in [t.label for t in at.tabs]
+
+
+def test_error_bars_and_not_distinguishable_note(monkeypatch, demo_store) -> None:
+    at = run_app(monkeypatch, demo_store, sweep=TOY_SWEEP_ID)
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "Select one task to see each score's 95 % interval" in captions
+    assert "qa: Not distinguishable (95 % intervals overlap): " in captions  # the per-task chart
+    at.multiselect(key="f_task").set_value(["qa"]).run()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "Error bars: 95 % bootstrap intervals over samples." in captions
+    note = next(c.value for c in at.caption if c.value.startswith("Not distinguishable"))
+    assert note.count(" vs ") == 1 and "none" in note and "toy" in note
+    assert {"95% low", "95% high", "n"} <= set(frame_with(at, "95% low").columns)

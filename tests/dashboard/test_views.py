@@ -156,3 +156,39 @@ def test_ruler_views_ignore_other_tasks() -> None:
     assert v.niah_grid(cells, "ruler_niah_single_1").empty
     assert v.ruler_table(v.ruler_cells(ts.iloc[:1])).empty
     assert v.config_labels(None) == {} and v.config_labels({"configs": [{"config_id": "x"}]}) == {"x": "x"}
+
+
+def test_score_intervals_of_one_task_and_overlaps() -> None:
+    ts = pd.DataFrame({"model_id": ["m"] * 6, "config_id": ["a", "a", "b", "b", "c", "c"],
+                       "method": ["none", "none", "streamkv", "streamkv", "kivi", "kivi"],
+                       "task": ["t1", "t2"] * 3, "score": [80.0, 60.0, 70.0, 50.0, 30.0, 40.0],
+                       "score_ci_low": [70.0, 50.0, 62.0, 40.0, 20.0, 30.0],
+                       "score_ci_high": [90.0, 70.0, 78.0, 60.0, 40.0, 49.0], "n_samples": [8] * 6,
+                       "avg_key_bits": [16.0] * 2 + [4.0] * 4, "avg_value_bits": [16.0] * 2 + [4.0] * 4,
+                       "compression_ratio": [1.0] * 2 + [4.0] * 4})
+    one = v.quality_points(ts[ts["task"] == "t1"], "score").set_index("config_id")
+    assert (one.loc["b", "y_low"], one.loc["b", "y_high"], one.loc["b", "n"]) == (62.0, 78.0, 8)
+    assert v.indistinguishable_pairs(one.reset_index()) == [("none a", "streamkv b")]
+    assert v.not_distinguishable_note(one.reset_index()) == (
+        "Not distinguishable (95 % intervals overlap): none a vs streamkv b.")
+    both = v.quality_points(ts, "score")  # a mean over two tasks has no stored interval
+    assert both["y_low"].isna().all() and v.indistinguishable_pairs(both) == []
+    per_task = v.task_intervals(ts)
+    assert len(per_task) == 6 and set(per_task.columns) >= {"y", "y_low", "y_high", "n", "task"}
+    t2 = per_task[per_task["task"] == "t2"]
+    assert v.indistinguishable_pairs(t2) == [("none a", "streamkv b"), ("streamkv b", "kivi c")]
+    table = v.ablation_table(ts.assign(score_delta=0.0), "method")
+    assert table.set_index("config_id").loc["c", "t1 95% CI"] == "[20.0, 40.0]"
+    assert table.set_index("config_id").loc["c", "t1 n"] == 8
+
+
+def test_toy_store_intervals(demo_store) -> None:
+    engine = readonly_engine(demo_store["db_url"])
+    try:
+        scores = v.load_sweep_data(engine, TOY_SWEEP_ID).task_scores
+    finally:
+        engine.dispose()
+    qa = v.quality_points(scores[scores["task"] == "qa"], "score")
+    assert qa["y_low"].notna().all() and (qa["y_low"] < qa["y"]).all() and (qa["y"] < qa["y_high"]).all()
+    pairs = v.indistinguishable_pairs(qa)
+    assert len(pairs) == 1 and {p.split()[0] for p in pairs[0]} == {"none", "toy"}

@@ -255,3 +255,27 @@ def test_downgrade_to_0002_drops_only_the_claim_columns(old_db):
         assert_schema_is_the_orm(engine)
     finally:
         engine.dispose()
+
+
+def test_downgrade_to_0003_drops_only_the_interval_columns(old_db):
+    create_store_engine(old_db).dispose()
+    engine = _plain_engine(old_db)
+    interval = {"score_ci_low", "score_ci_high"}
+    try:
+        with engine.connect() as conn:  # old rows: no interval was ever computed for them
+            assert _rows(conn, "SELECT COUNT(*) AS n FROM unit_summaries "
+                               "WHERE score_ci_low IS NOT NULL OR score_ci_high IS NOT NULL") == [{"n": 0}]
+            for view in ("v_unit_results", "v_task_scores"):
+                assert interval <= set(conn.execute(text(f"SELECT * FROM {view} WHERE 1 = 0")).keys())
+        command.downgrade(alembic_config(old_db), "0003")
+        assert current_revision(engine) == "0003"
+        with engine.connect() as conn:
+            for table in ("unit_summaries", "v_unit_results", "v_task_scores"):
+                names = set(conn.execute(text(f"SELECT * FROM {table} WHERE 1 = 0")).keys())
+                assert not names & interval and "n_samples" in names, table
+        assert_nothing_lost(engine)
+        upgrade(old_db)
+        assert_nothing_lost(engine)
+        assert_schema_is_the_orm(engine)
+    finally:
+        engine.dispose()

@@ -16,6 +16,7 @@ from streamkv.loading import LoadedModel
 from tests.conftest import tiny_llama_config
 from workers.actor import UnitWorker
 from workers.data import file_sha256
+from workers.intervals import bootstrap_interval
 
 from workers.run_unit import format_result
 from workers.run_unit import main as run_unit_main
@@ -96,6 +97,11 @@ def check_task_scores(result: UnitResult) -> None:
     scores = [s.score for s in result.samples]
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert result.metrics["score"] == pytest.approx(100 * sum(scores) / len(scores))
+    # the seeded bootstrap interval of the score over the samples (workers.intervals)
+    ci = bootstrap_interval(scores, seed=result.environment["seed"])
+    assert (result.metrics["score_ci_low"], result.metrics["score_ci_high"]) == pytest.approx(
+        (100 * ci.low, 100 * ci.high))
+    assert result.metrics["score_ci_low"] <= result.metrics["score"] <= result.metrics["score_ci_high"]
     assert result.metrics["n_tokens"] == sum(s.extra["new_tokens"] for s in result.samples)
     assert all(s.prompt_tokens > 0 and s.answers for s in result.samples)
 
