@@ -52,13 +52,14 @@ def model_problems(spec: SweepSpec) -> list[str]:
 def data_problems(spec: SweepSpec) -> list[str]:
     from workers import data as lb_data
     from workers.perplexity import DEFAULT_WIKITEXT
+    from workers.tasks import get_task
 
     problems = []
     for i, d in enumerate(spec.datasets):
         path = f"datasets[{i}]"
         if task_kind(d.task) == "longbench":
             try:
-                lb_data.load_longbench(d.source, d.task)  # every row validated, once
+                lb_data.load_longbench(d.source, get_task(d.task).rows_of)  # every row validated, once
             except (OSError, ValueError) as err:
                 problems.append(f"{path} ({d.task}): {err}")
         elif not Path(d.source or DEFAULT_WIKITEXT).is_file():

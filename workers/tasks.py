@@ -58,6 +58,12 @@ class TaskSpec:
     first_line_only: bool
     version: str
     template_style: TemplateStyle = "format"
+    # The task whose rows (file `<data_task>.jsonl`, hub split) this one reads; None: its own.
+    data_task: str | None = None
+
+    @property
+    def rows_of(self) -> str:
+        return self.data_task or self.name
 
 
 # Shared by hotpotqa, 2wikimqa and musique in the official config.
@@ -272,6 +278,18 @@ def with_code_sim(spec: TaskSpec, variant: CodeSimVariant) -> TaskSpec:
     if variant == "levenshtein":
         return replace(spec, metric="code_sim_levenshtein", version=f"{base}+levenshtein")
     raise ValueError(f"code_sim variant must be one of difflib, levenshtein; got {variant!r}")
+
+
+# The switch to the other code-similarity variant, as tasks of their own (`lcc_levenshtein`,
+# ...): they read the same rows, and their results never share a key or a version with the
+# default's.
+_CODE_SIM_VARIANT_SPECS: tuple[TaskSpec, ...] = tuple(
+    replace(with_code_sim(spec, "levenshtein"), name=f"{spec.name}_levenshtein", data_task=spec.name)
+    for spec in _LONGBENCH_SPECS + _LONGBENCH_E_SPECS if spec.metric == "code_sim"
+)
+CODE_SIM_VARIANT_TASK_NAMES: tuple[str, ...] = tuple(spec.name for spec in _CODE_SIM_VARIANT_SPECS)
+LONGBENCH_FORMAT_TASK_NAMES += CODE_SIM_VARIANT_TASK_NAMES
+LONGBENCH_TASKS.update({spec.name: spec for spec in _CODE_SIM_VARIANT_SPECS})
 
 
 # --- RULER (NVIDIA/RULER), generated offline by workers.ruler -------------------------------------

@@ -303,7 +303,7 @@ def longbench_samples(unit: WorkUnit) -> list[lb_data.LongBenchSample]:
     if unit.kind == "ruler":
         return ruler_samples(unit)
     if unit.kind == "longbench":
-        samples = lb_data.load_longbench(unit.source, unit.task)
+        samples = lb_data.load_longbench(unit.source, get_task(unit.task).rows_of)
     elif unit.kind == "synthetic":
         path = unit.text_path()
         if not path.exists():
@@ -350,7 +350,7 @@ def dataset_sha256(unit: WorkUnit) -> tuple[str, str]:
         return lb_data.file_sha256(file), f"file {file.name}"
     # A hub source has no single local file: hash the validated rows instead.
     digest = hashlib.sha256()
-    for sample in lb_data.load_longbench(source, unit.task):
+    for sample in lb_data.load_longbench(source, get_task(unit.task).rows_of):
         digest.update(json.dumps(lb_data.to_row(sample), sort_keys=True).encode() + b"\n")
     return digest.hexdigest(), "validated rows (hub source)"
 

@@ -150,3 +150,20 @@ def test_code_sim_variant_switch_is_versioned_and_reversible() -> None:
 
 def test_narrativeqa_keeps_the_official_typo() -> None:
     assert len(re.findall("asconcisely", get_task("narrativeqa").prompt_template)) == 2
+
+
+def test_the_levenshtein_variant_is_a_task_reading_the_same_rows() -> None:
+    from streamkv import preset
+    from workers.units import WorkUnit, longbench_samples, task_kind
+
+    variant = get_task("lcc_levenshtein")
+    assert (variant.metric, variant.rows_of) == ("code_sim_levenshtein", "lcc")
+    assert variant.version.endswith("+levenshtein") and variant.prompt_template == get_task("lcc").prompt_template
+    assert get_task("repobench-p_e_levenshtein").rows_of == "repobench-p_e"
+    source = str(Path(__file__).resolve().parents[1] / "data" / "longbench-sample")
+    base = WorkUnit(model="tiny-llama", config=preset("none"), task="lcc", source=source, shard="0/1")
+    lev = base.replace(task="lcc_levenshtein")
+    assert task_kind("lcc_levenshtein") == "longbench" and lev.key.task != base.key.task
+    assert [s.id for s in longbench_samples(lev)] == [s.id for s in longbench_samples(base)]
+    # The two variants score a pair the difflib and Levenshtein ratios disagree on differently.
+    assert score_sample(get_task("lcc"), "abaa", ["aaa"]) != score_sample(variant, "abaa", ["aaa"])

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 from workers.data import LongBenchSample, load_longbench
 from workers.prompts import build_prompt, middle_halves, prepare_input, truncate_middle
 from workers.tasks import (
+    CODE_SIM_VARIANT_TASK_NAMES,
     LONGBENCH_E_TASK_NAMES,
     LONGBENCH_TASK_NAMES,
     LONGBENCH_TASKS,
@@ -50,8 +51,10 @@ def test_registry_holds_the_16_english_longbench_tasks_and_3_synthetic() -> None
     assert LONGBENCH_V2_TASK_NAMES == ("longbench_v2",)
     assert list(LONGBENCH_TASKS) == list(
         LONGBENCH_TASK_NAMES + SYNTHETIC_TASK_NAMES + LONGBENCH_E_TASK_NAMES + LONGBENCH_V2_TASK_NAMES
-        + RULER_TASK_NAMES
+        + CODE_SIM_VARIANT_TASK_NAMES + RULER_TASK_NAMES
     )
+    assert CODE_SIM_VARIANT_TASK_NAMES == (
+        "lcc_levenshtein", "repobench-p_levenshtein", "lcc_e_levenshtein", "repobench-p_e_levenshtein")
     assert all(name == spec.name for name, spec in LONGBENCH_TASKS.items())
 
 
