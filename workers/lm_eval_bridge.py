@@ -268,6 +268,9 @@ def run_lm_eval(lm: StreamKVLM, name: str, *, include_path: str | Path | None, s
                      dict(out.get("versions", {})), list(lm.cache_stats))
 
 
+_NO_FILTER = "none"  # lm-eval's name for a metric's unfiltered value (not our method "none")
+
+
 def metric_values(results: dict[str, Any]) -> dict[str, float]:
     """lm-eval's "metric,filter" entries as floats: "acc" for filter "none", else
     "acc/<filter>"; entries that are not numbers (lm-eval writes "N/A") are left out."""
@@ -276,7 +279,7 @@ def metric_values(results: dict[str, Any]) -> dict[str, float]:
         if "," not in key or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         metric, filter_name = key.split(",", 1)
-        name = metric if filter_name == "none" else f"{metric}/{filter_name}"
+        name = metric if filter_name == _NO_FILTER else f"{metric}/{filter_name}"
         if math.isfinite(float(value)):
             out[name] = float(value)
     return out

@@ -82,3 +82,24 @@ def test_no_branch_on_a_method_name_outside_the_methods():
             if path not in own_files:
                 hits += _method_name_comparisons(path, names)
     assert not hits, hits
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The top-level packages `path` imports, at any depth of the file (function-level too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_dependencies_point_one_way():
+    # streamkv imports none of the service's packages; the dashboard reads only the store.
+    ours = {"streamkv", "workers", "cluster", "store", "dashboard"}
+    allowed = {"streamkv": {"streamkv"}, "dashboard": {"dashboard", "store"}}
+    wrong = [f"{path.relative_to(REPO)} imports {sorted(bad)}"
+             for top, ok in allowed.items() for path in sorted((REPO / top).rglob("*.py"))
+             if (bad := (_top_level_imports(path) & ours) - ok)]
+    assert not wrong, wrong
