@@ -130,7 +130,8 @@ class Trial:
 
 def trials(rows: Iterable[Mapping[str, Any]], search_shards: Sequence[int], holdout_shards: Sequence[int],
            shard_count: int) -> list[Trial]:
-    """One `Trial` per config with search units done, in the order they finished."""
+    """One `Trial` per config with units done, in the order its search units finished (the
+    baseline has held-apart units only: its search figures are empty)."""
     by_config: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row.get("status", "done") != "done":
@@ -145,15 +146,15 @@ def trials(rows: Iterable[Mapping[str, Any]], search_shards: Sequence[int], hold
             entry[part][index] = row
     out = []
     for cid, entry in by_config.items():
-        if not entry["search"]:
-            continue
         search_rows = list(entry["search"].values())
         held = list(entry["holdout"].values())
+        if not search_rows and not held:
+            continue
         out.append(Trial(
             config_id=cid, method=entry["row"].get("method"), config=dict(entry["row"].get("config_json") or {}),
             search=aggregate([unit_figures(r) for r in search_rows]),
             complete=len(search_rows) == len(search_shards),
-            finished_at=max(r.get("finished_at") for r in search_rows),
+            finished_at=max(r.get("finished_at") for r in search_rows or held),
             holdout=aggregate([unit_figures(r) for r in held]) if len(held) == len(holdout_shards) else None))
     return sorted(out, key=lambda t: (t.finished_at is None, t.finished_at))
 

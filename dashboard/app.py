@@ -24,6 +24,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
+from dashboard import search_view
 from dashboard import views as v
 from store import BlobError, BlobStore, StoreError, UnitKey, readonly_engine
 from store import queries as q
@@ -266,7 +267,10 @@ def render(url: str, blobs_uri: str) -> None:
     m[2].metric("Configs shown", int(scores["config_id"].nunique()))
     mean = scores["score"].mean()
     m[3].metric("Mean score (selection)", "—" if pd.isna(mean) else f"{mean:.4f}")
-    tabs = st.tabs(["Quality vs memory", "Ablation", "Outlier traces", "Sweep health"])
+    record = q.get_sweep(engine_for(url), sweep_id)
+    search = search_view.search_info(record.spec if record else None)  # None: not a `streamkv tune` search
+    tabs = st.tabs(["Quality vs memory", "Ablation", "Outlier traces", "Sweep health"]
+                   + (["Search"] if search else []))
     with tabs[0]:
         quality_view(scores, fields, state)
     with tabs[1]:
@@ -276,6 +280,9 @@ def render(url: str, blobs_uri: str) -> None:
         trace_view(url, blobs_uri, shown, state)
     with tabs[3]:
         health_view(health)
+    if search:
+        with tabs[4]:
+            search_view.render(data.results, search)
     st.query_params.from_dict(state)
 
 
