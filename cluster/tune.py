@@ -188,23 +188,22 @@ def run_tuner(spec: SearchSpec, ctx, n_layers: int, *, verbose: bool):
 
 
 # --- after the search ---------------------------------------------------------------------------------
-def evaluate_holdout(spec: SearchSpec, ctx, config) -> None:
-    """`config` and the uncompressed baseline on the held-apart shards; units done are kept."""
+def evaluate(spec: SearchSpec, ctx, configs, shards, sweep_id: str | None = None) -> None:
+    """Each config on each of `shards`, through the shared actors, stored under `sweep_id`
+    (default: the search's); units done already are kept."""
     import ray
 
     from store import BlobStore, create_store_engine
     from store.repository import completed_units, register_sweep, write_unit_result
-    from streamkv.methods import preset
 
     from .tune_trials import unit_of
 
-    baseline = preset("none", chunk_size=config.chunk_size)
-    units = [unit_of(spec, c, s, ctx.search_id) for c in (config, baseline) for s in spec.data.holdout_shards]
+    sweep_id = sweep_id or ctx.search_id
+    units = [unit_of(spec, c, s, sweep_id) for c in configs for s in shards]
     engine = create_store_engine(ctx.store_url)
     try:
-        register_sweep(engine, ctx.search_id, spec.name, spec.raw, [u.key for u in units],
-                       [config.to_dict(), baseline.to_dict()])
-        done = completed_units(engine, ctx.search_id)
+        register_sweep(engine, sweep_id, spec.name, spec.raw, [u.key for u in units], [c.to_dict() for c in configs])
+        done = completed_units(engine, sweep_id)
         todo = [u for u in units if u.key not in done]
         blobs = BlobStore(ctx.blob_root)
         for result in ray.get([ctx.dispatcher.run.remote(u) for u in todo]):
@@ -213,7 +212,14 @@ def evaluate_holdout(spec: SearchSpec, ctx, config) -> None:
         engine.dispose()
 
 
-def stored_trials(spec: SearchSpec, url: str, search_id: str):
+def evaluate_holdout(spec: SearchSpec, ctx, config) -> None:
+    """`config` and the uncompressed baseline (same chunking) on the held-apart shards."""
+    from streamkv.methods import preset
+
+    evaluate(spec, ctx, [config, preset("none", chunk_size=config.chunk_size)], spec.data.holdout_shards)
+
+
+def stored_trials(spec: SearchSpec, url: str, search_id: str | None):
     from store import readonly_engine
     from store.queries import result_frame
 
@@ -273,6 +279,7 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
     engine = create_store_engine(url)  # creates / upgrades the store
     register_sweep(engine, search_id, spec.name, spec.raw, [], [])
     started = connect_ray(address, verbose=verbose)
+    workers, dispatcher = [], None
     try:
         workers, dispatcher = start_actors(spec, verbose=verbose)
         ctx = TrialContext(spec=spec, search_id=search_id, n_layers=n_layers, store_url=url,
@@ -288,6 +295,8 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
         finish_sweep(engine, search_id, "done" if best is not None else "failed")
     finally:
         engine.dispose()
+        for actor in workers + ([dispatcher] if dispatcher is not None else []):
+            ray.kill(actor)  # their CPUs go back to a Ray this call did not start
         if started:
             ray.shutdown()
     best = next((t for t in found if best is not None and t.config_id == best.config_id), None)
