@@ -25,7 +25,7 @@ anything runs. Then:
    both figures, and the config as a YAML block for a sweep spec's `points:`.
 
 Exit status: 0 done (a config was chosen), 1 no trial met the budget, 2 invalid spec or
-unusable store / cluster.
+unusable store / cluster, 130 interrupted (Tune saved its state: the same command resumes).
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 TRIAL_CPUS = 0.01
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Tune stopped before every trial ended (Ctrl-C / SIGTERM): its state is saved; rerun."""
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,11 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
         ctx = TrialContext(spec=spec, search_id=search_id, n_layers=n_layers, store_url=url,
                            blob_root=blob_root, dispatcher=dispatcher)
         grid = run_tuner(spec, ctx, n_layers, verbose=verbose)
-        errored = sum(1 for r in grid if r.error is not None)
+        ended = grid.num_terminated + grid.num_errors
+        if ended < spec.search.num_samples:  # Tune caught a signal and saved its state
+            raise SearchInterrupted(f"search {search_id} interrupted after {ended} of "
+                                    f"{spec.search.num_samples} trials; run the same command to resume")
+        errored = grid.num_errors
         best = best_trial(stored_trials(spec, url, search_id), spec.objective, spec.max_avg_bits,
                           spec.max_cache_bytes)
         if best is not None:
@@ -347,6 +355,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (StoreError, ClusterConnectionError) as err:
         print(f"streamkv tune: {err}", file=sys.stderr)
         return 2
+    except SearchInterrupted as err:
+        print(f"streamkv tune: {err}", file=sys.stderr)
+        return 130
     from store.paths import absolute_store
 
     report(spec, outcome, absolute_store(spec.store.resolved_url, spec.store.resolved_blobs)[0])
