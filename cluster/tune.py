@@ -274,7 +274,7 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
     from streamkv.methods import method_from_dict
 
     from .driver import connect_ray
-    from .tune_results import best_trial
+    from .tune_results import best_trial, is_baseline
     from .tune_trials import TrialContext
 
     n_layers = check(spec)
@@ -308,16 +308,16 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
         if started:
             ray.shutdown()
     best = next((t for t in found if best is not None and t.config_id == best.config_id), None)
-    baseline = next((t for t in found if t.method == "none"), None)
+    baseline = next((t for t in found if is_baseline(t)), None)
     block = yaml_block(method_from_dict(best.config), best, search_id, spec.objective) if best else ""
-    return SearchOutcome(search_id, sum(1 for t in found if t.method != "none"), errored, best, baseline, block)
+    return SearchOutcome(search_id, sum(1 for t in found if not is_baseline(t)), errored, best, baseline, block)
 
 
 def report(spec: SearchSpec, outcome: SearchOutcome, url: str, file=sys.stdout) -> None:
     found = stored_trials(spec, url, outcome.search_id)
     print(f"\nsearch {outcome.search_id}: {outcome.trials} trial config(s) stored, {outcome.errored} errored",
           file=file)
-    print(trials_table([t for t in found if t.method != "none"], spec.objective), file=file)
+    print(trials_table([t for t in found if not is_baseline(t)], spec.objective), file=file)
     if outcome.best is None:
         print("no trial completed its search shards within the budget", file=file)
         return

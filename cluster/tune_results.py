@@ -159,10 +159,15 @@ def trials(rows: Iterable[Mapping[str, Any]], search_shards: Sequence[int], hold
     return sorted(out, key=lambda t: (t.finished_at is None, t.finished_at))
 
 
+def is_baseline(t: Trial) -> bool:
+    """The uncompressed reference of a search: evaluated on the held-apart shards only."""
+    return t.search.units == 0
+
+
 def best_trial(found: Sequence[Trial], objective: str, max_avg_bits: float | None,
-               max_cache_bytes: int | None, *, exclude_methods: Sequence[str] = ("none",)) -> Trial | None:
+               max_cache_bytes: int | None) -> Trial | None:
     """The complete, within-budget trial with the best objective on the search shards."""
-    ok = [t for t in found if t.complete and t.method not in exclude_methods
+    ok = [t for t in found if t.complete
           and feasible(t.search, max_avg_bits, max_cache_bytes) and t.search.value(objective) is not None]
     if not ok:
         return None
@@ -182,5 +187,5 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-__all__ = ["Figures", "Trial", "UnitFigures", "aggregate", "best_trial", "excess", "feasible", "pareto_front",
+__all__ = ["Figures", "Trial", "UnitFigures", "aggregate", "best_trial", "excess", "feasible", "is_baseline", "pareto_front",
            "penalized", "trials", "unit_figures"]

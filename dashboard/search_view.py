@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from cluster.tune_results import Trial, best_trial, feasible, pareto_front, trials
+from cluster.tune_results import Trial, best_trial, feasible, is_baseline, pareto_front, trials
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def trial_frame(found: list[Trial], info: SearchInfo) -> pd.DataFrame:
              "objective": t.search.value(info.objective), "avg_bits": t.search.avg_bits,
              "kv_bytes": t.search.kv_bytes, "shards": t.search.units, "complete": t.complete,
              "within_budget": feasible(t.search, info.max_avg_bits, info.max_cache_bytes)}
-            for i, t in enumerate(t for t in found if t.method != "none")]
+            for i, t in enumerate(t for t in found if not is_baseline(t))]
     frame = pd.DataFrame(rows, columns=["trial", "config_id", "finished_at", "objective", "avg_bits", "kv_bytes",
                                         "shards", "complete", "within_budget"])
     if frame.empty:
@@ -116,7 +116,7 @@ def render(results: pd.DataFrame, info: SearchInfo) -> None:
     found = search_trials(results, info)
     frame = trial_frame(found, info)
     best = chosen(found, info)
-    baseline = next((t for t in found if t.method == "none"), None)
+    baseline = next((t for t in found if is_baseline(t)), None)
     if frame.empty:
         st.info("No trial of this search has finished a search shard yet.")
         return
