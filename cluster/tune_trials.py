@@ -7,10 +7,9 @@
   model actors are created once by the driver and shared by every trial (a trial is a light
   Tune function holding no model); the dispatcher, not the trial, gives an actor back when its
   unit ends, so a trial that Tune stops mid-unit cannot leak one.
-- `run_trial` (the Tune function): registers the config and its units under the search id,
-  then per search shard either reads the stored result (a unit done before, by this trial
-  before an interruption or by an earlier trial with the same config) or runs it and stores
-  it; after each shard it reports the running figures (`tune.report`), so ASHA can stop a
+- `run_trial` (the Tune function): per search shard either reads the stored result (a unit done before, by this trial
+  before an interruption or by an earlier trial with the same config) or registers the unit
+  (and the config) under the search id, runs it and stores it; after each shard it reports the running figures (`tune.report`), so ASHA can stop a
   bad trial after a few shards. A trial measured over its budget stops after that shard: its
   bits do not come down with more windows. An error is stored on its unit (`mark_failed`) and
   re-raised: Tune records the trial as errored and the search goes on.
@@ -146,12 +145,14 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     engine = create_store_engine(ctx.store_url)
     blobs = BlobStore(ctx.blob_root)
     try:
-        register_sweep(engine, ctx.search_id, spec.name, spec.raw, [u.key for u in units], [config.to_dict()])
         done = completed_units(engine, ctx.search_id)
         figures = []
         for step, unit in enumerate(units, start=1):
-            figures.append(_stored_figures(engine, unit.key) if unit.key in done
-                           else _run_unit(ctx, engine, blobs, unit))
+            if unit.key in done:
+                figures.append(_stored_figures(engine, unit.key))
+            else:  # registered when it runs: a trial stopped early leaves no pending units behind
+                register_sweep(engine, ctx.search_id, spec.name, spec.raw, [unit.key], [config.to_dict()])
+                figures.append(_run_unit(ctx, engine, blobs, unit))
             fig = aggregate(figures)
             ok = feasible(fig, spec.max_avg_bits, spec.max_cache_bytes)
             tune.report({"objective": penalized(fig, spec.objective, spec.max_avg_bits, spec.max_cache_bytes),
