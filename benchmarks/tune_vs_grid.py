@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     from cluster.tune_spec import load_search_spec
     from cluster.tune_trials import TrialContext
     from store.paths import absolute_store
-    from streamkv.methods import method_from_dict, preset
+    from streamkv.methods import method_from_dict
 
     spec = resolve(load_search_spec(args.spec), argparse.Namespace(db=args.db, blobs=args.blobs, storage=args.storage,
                                                                     search_id=None, num_actors=None))

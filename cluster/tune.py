@@ -314,6 +314,8 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
 
 
 def report(spec: SearchSpec, outcome: SearchOutcome, url: str, file=sys.stdout) -> None:
+    from .tune_results import is_baseline
+
     found = stored_trials(spec, url, outcome.search_id)
     print(f"\nsearch {outcome.search_id}: {outcome.trials} trial config(s) stored, {outcome.errored} errored",
           file=file)

@@ -140,7 +140,10 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
     spec = ctx.spec
-    config = trial_config(spec, params, ctx.n_layers)
+    try:
+        config = trial_config(spec, params, ctx.n_layers)
+    except ValueError as err:  # InvalidSettings: a plain ValueError, which Ray can copy into its error
+        raise ValueError(f"the method refuses these settings: {err}") from None
     units = [unit_of(spec, config, s, ctx.search_id) for s in spec.data.search_shards]
     engine = create_store_engine(ctx.store_url)
     blobs = BlobStore(ctx.blob_root)
