@@ -13,6 +13,10 @@
                                                    run a sweep on Ray; prints a progress bar, a
                                                    line per unit and a results table (--verbose:
                                                    third-party warnings and bars too)
+    streamkv tune SPEC [--address ADDR] [--db URL] [--blobs URI] [--storage DIR]
+                                                   configuration search on Ray Tune (Optuna TPE,
+                                                   ASHA); resumes when rerun; ends with the
+                                                   held-apart check and a YAML block
 
 The database URL defaults to $STREAMKV_DB, then sqlite:///results/streamkv.db; the blob
 root to $STREAMKV_BLOBS, then results/blobs.
@@ -148,6 +152,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from cluster.tune import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamkv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
                            description=sweep_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(sweep)
     sweep.set_defaults(func=cmd_sweep)
+
+    from cluster.tune import __doc__ as tune_doc
+    from cluster.tune import add_arguments as add_tune_arguments
+
+    tune = sub.add_parser("tune", help="search the best config within a measured-bits budget (Ray Tune)",
+                          description=tune_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_tune_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
     return parser
 
 

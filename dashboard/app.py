@@ -24,6 +24,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
+from dashboard import search_view
 from dashboard import views as v
 from store import BlobError, BlobStore, StoreError, UnitKey, readonly_engine
 from store import queries as q
@@ -353,8 +354,10 @@ def render(url: str, blobs_uri: str) -> None:
     mean = scores["score"].mean()
     m[3].metric("Mean score (selection)", "—" if pd.isna(mean) else f"{mean:.4f}")
     cells = v.ruler_cells(scores, load_config_labels(url, sweep_id))
-    tab_names = ["Quality vs memory", "Ablation", "Outlier traces", "Sweep health"]
-    tabs = st.tabs(tab_names + (["RULER / NIAH"] if len(cells) else []))
+    record = q.get_sweep(engine_for(url), sweep_id)
+    search = search_view.search_info(record.spec if record else None)  # None: not a `streamkv tune` search
+    extra_tabs = (["RULER / NIAH"] if len(cells) else []) + (["Search"] if search else [])
+    tabs = st.tabs(["Quality vs memory", "Ablation", "Outlier traces", "Sweep health"] + extra_tabs)
     with tabs[0]:
         quality_view(scores, fields, state)
     with tabs[1]:
@@ -364,9 +367,13 @@ def render(url: str, blobs_uri: str) -> None:
         trace_view(url, blobs_uri, shown, state)
     with tabs[3]:
         health_view(health)
+    extra = iter(tabs[4:])
     if len(cells):
-        with tabs[4]:
+        with next(extra):
             ruler_view(cells, state)
+    if search:
+        with next(extra):
+            search_view.render(data.results, search)
     st.query_params.from_dict(state)
 
 

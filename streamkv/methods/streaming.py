@@ -30,11 +30,22 @@ from streamkv.families import head_dim_of
 from streamkv.layers import Block, LayerContext, PackedLayer
 from streamkv.methods.base import Method
 from streamkv.methods.registry import register_method, register_preset
-from streamkv.settings import Problem, boolean, integer, number, one_of, optional, setting
+from streamkv.settings import Check, InvalidSettings, Problem, boolean, integer, number, one_of, optional, setting
 from streamkv.storage import INDEX_DTYPE, PackedPart, PackedTensor, ScaleLayout, encode, raw_dtype
 
 ALLOWED_BITS: tuple[int, ...] = (2, 3, 4, 8, 16)
 _BITS = one_of(*ALLOWED_BITS)
+# Per-layer settings left at None are not written by `to_dict`, so the config_id of every
+# config that does not use them is the one it had before they existed.
+PER_LAYER_FIELDS: tuple[str, ...] = ("layer_key_bits", "layer_value_bits")
+
+
+def _bits_per_layer() -> Check:
+    """None, or one allowed bit width per model layer (a YAML list; stored as a tuple)."""
+    def ok(v) -> bool:
+        return v is None or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_BITS.ok(b) for b in v))
+    return Check(ok, f"null (every layer at the normal bits) or a list of {_BITS.allowed}, one per layer",
+                 canonical=lambda v: None if v is None else tuple(v))
 
 
 @dataclass(frozen=True)
@@ -57,23 +68,52 @@ class PackedLayoutSettings(Method):
     pre_rope_keys: bool = setting(True, boolean(), "store keys before RoPE (rotated at their positions on read)")
     sink_protection: bool = setting(True, boolean(), "keep the sink tokens at the high bits (ablation switch)")
     outlier_detection: bool = setting(True, boolean(), "keep outlier channels at the high bits (ablation switch)")
+    layer_key_bits: tuple[int, ...] | None = setting(
+        None, _bits_per_layer(), "bits of normal keys per layer (layer i: entry i), instead of key_bits_normal")
+    layer_value_bits: tuple[int, ...] | None = setting(
+        None, _bits_per_layer(), "bits of normal values per layer, instead of value_bits_normal")
 
     @classmethod
     def cross_problems(cls, valid: Mapping[str, Any]) -> list[Problem]:
         problems = []
         for kind in ("key", "value"):
-            normal, high = f"{kind}_bits_normal", f"{kind}_bits_sink_outlier"
+            normal, high, per_layer = f"{kind}_bits_normal", f"{kind}_bits_sink_outlier", f"layer_{kind}_bits"
             if normal in valid and high in valid and valid[high] < valid[normal]:
                 problems.append(Problem(high, f"{valid[high]} must be >= {normal}={valid[normal]} "
                                               "(protected tokens/channels never get fewer bits)", (normal,)))
+            if high in valid and valid.get(per_layer) is not None:
+                over = [i for i, b in enumerate(valid[per_layer]) if b > valid[high]]
+                if over:
+                    problems.append(Problem(per_layer, f"layer(s) {over} exceed {high}={valid[high]} "
+                                                       "(protected tokens/channels never get fewer bits)", (high,)))
         return problems
 
     def model_problems(self, model_config) -> list[Problem]:
+        problems = []
         head_dim, groups = head_dim_of(model_config), self.value_quant_groups
         if groups and head_dim % groups:
-            return [Problem("value_quant_groups", f"{groups} must divide the model's head_dim={head_dim} "
-                                                  f"(allowed: 0 or a divisor of {head_dim})")]
-        return []
+            problems.append(Problem("value_quant_groups", f"{groups} must divide the model's head_dim={head_dim} "
+                                                          f"(allowed: 0 or a divisor of {head_dim})"))
+        return problems + self.layer_count_problems(model_config.num_hidden_layers)
+
+    def layer_count_problems(self, n_layers: int) -> list[Problem]:
+        return [Problem(name, f"has {len(value)} entries; the model has num_hidden_layers={n_layers} "
+                              f"(allowed: exactly {n_layers})")
+                for name in PER_LAYER_FIELDS if (value := getattr(self, name)) is not None
+                and len(value) != n_layers]
+
+    def normal_bits(self, layer_idx: int) -> tuple[int, int]:
+        """(key, value) bits of the normal tokens/channels of layer `layer_idx`."""
+        k, v = self.layer_key_bits, self.layer_value_bits
+        return (self.key_bits_normal if k is None else k[layer_idx],
+                self.value_bits_normal if v is None else v[layer_idx])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        for name in PER_LAYER_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
 
 
 @register_method
@@ -98,6 +138,11 @@ class StreamingLayer(PackedLayer):
     def __init__(self, settings: PackedLayoutSettings, ctx: LayerContext):
         super().__init__(settings, ctx)
         self.pre_rope = settings.pre_rope_keys
+        # A cache built without `check_model` (a hand-made LayerContext) still gets a clear error.
+        wrong = settings.layer_count_problems(ctx.num_layers)
+        if wrong:
+            raise InvalidSettings(f"{type(settings).__name__} for a {ctx.num_layers}-layer cache", wrong)
+        self.key_bits, self.value_bits = settings.normal_bits(ctx.layer_idx)
         self.key_stats, self.value_stats = self._new_stats()
         self.open_block: Block | None = None
         self._pending = None  # what prepare() observed of the chunk write() is about to store
@@ -187,8 +232,8 @@ class StreamingLayer(PackedLayer):
                 return ScaleLayout(symmetric=False), (v_lo[i], v_hi[i])
             return (self._outlier_tokens(idx) if outlier else self._grouped_tokens(idx)), None
 
-        key_parts = self._split(keys, k_out, cfg.key_bits_normal, cfg.key_bits_sink_outlier, key_layout)
-        value_parts = self._split(values, v_out, cfg.value_bits_normal, cfg.value_bits_sink_outlier,
+        key_parts = self._split(keys, k_out, self.key_bits, cfg.key_bits_sink_outlier, key_layout)
+        value_parts = self._split(values, v_out, self.value_bits, cfg.value_bits_sink_outlier,
                                   value_layout)
         return Block(PackedTensor(key_parts, self.n_channels),
                      PackedTensor(value_parts, self.n_channels),
