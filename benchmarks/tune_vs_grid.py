@@ -8,7 +8,7 @@
    per-layer field `layer_X_bits` becomes `X_bits_normal` over the same bit widths; a choice
    keeps its values; a real range gives its two ends), every point on the same search shards,
    through the same model actors and the same store (sweep id `<search id>-grid`); its best
-   point within the budget (same rule: `cluster.tune_results.best_trial`) is then evaluated on
+   point within the budget (same rule: `store.searches.best_trial`) is then evaluated on
    the same held-apart shards.
 3. Prints a Markdown table (measured bits, KL and perplexity on search and held-apart shards,
    for both and for the uncompressed model) and writes it, the raw figures (JSON) and an SVG
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     from cluster.driver import connect_ray
     from cluster.tune import evaluate, report, resolve, run_search, start_actors, stored_trials
-    from cluster.tune_results import best_trial
+    from store.searches import best_trial
     from cluster.tune_spec import load_search_spec
     from cluster.tune_trials import TrialContext
     from store.paths import absolute_store

@@ -11,7 +11,7 @@ anything runs. Then:
    the model once, behind one `Dispatcher`; trials are Tune functions with no resources of
    their own, at most `search.max_concurrent` (default: one per actor) at a time.
 3. Ray Tune: Optuna's TPE sampler (`ray.tune.search.optuna.OptunaSearch`, seeded), over the
-   penalized objective (`cluster.tune_results.penalized`: the objective, plus a penalty that
+   penalized objective (`store.searches.penalized`: the objective, plus a penalty that
    grows with how far the measured bits or bytes are over budget), or with multi_objective
    over (penalized objective, measured bits); ASHA stops bad trials after `grace_period`
    search shards. A trial's every unit is stored under the search id (a sweep row: same
@@ -19,7 +19,7 @@ anything runs. Then:
 4. Resume: Tune's experiment lives in `<storage>/<search id>`; the same command restores it
    (`Tuner.restore`): finished and errored trials are not run again, unfinished ones restart
    and read their stored units instead of recomputing them.
-5. The chosen trial (`tune_results.best_trial`: every search shard done, within budget, best
+5. The chosen trial (`searches.best_trial`: every search shard done, within budget, best
    objective) is evaluated on the held-apart shards, and so is the uncompressed baseline
    (method none), both stored as units of the search; the command prints the trials' table,
    both figures, and the config as a YAML block for a sweep spec's `points:`.
@@ -67,8 +67,8 @@ class SearchOutcome:
     search_id: str
     trials: int  # trials with stored search units
     errored: int  # trials Tune recorded as errored (this run and before)
-    best: Any  # tune_results.Trial | None
-    baseline: Any  # tune_results.Trial | None (method none, held-apart shards)
+    best: Any  # searches.Trial | None
+    baseline: Any  # searches.Trial | None (method none, held-apart shards)
     yaml_block: str
 
 
@@ -227,7 +227,7 @@ def stored_trials(spec: SearchSpec, url: str, search_id: str | None):
     from store import readonly_engine
     from store.queries import result_frame
 
-    from .tune_results import trials
+    from store.searches import trials
 
     engine = readonly_engine(url, pooled=False)
     try:
@@ -274,7 +274,7 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
     from streamkv.methods import method_from_dict
 
     from .driver import connect_ray
-    from .tune_results import best_trial, is_baseline
+    from store.searches import best_trial, is_baseline
     from .tune_trials import TrialContext
 
     n_layers = check(spec)
@@ -314,7 +314,7 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
 
 
 def report(spec: SearchSpec, outcome: SearchOutcome, url: str, file=sys.stdout) -> None:
-    from .tune_results import is_baseline
+    from store.searches import is_baseline
 
     found = stored_trials(spec, url, outcome.search_id)
     print(f"\nsearch {outcome.search_id}: {outcome.trials} trial config(s) stored, {outcome.errored} errored",

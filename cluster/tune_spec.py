@@ -53,6 +53,7 @@ from cluster.spec import _SWEEP_ID, SpecError, StoreSpec, _is_int, _is_num, _Pro
 from streamkv.hashing import content_id
 from streamkv.methods import Method, resolve_settings
 from streamkv.methods.streaming import ALLOWED_BITS, PER_LAYER_FIELDS
+from store.searches import DEFAULT_HOLDOUT_SHARDS, DEFAULT_SEARCH_SHARDS, DEFAULT_SHARDS
 from workers.units import PERPLEXITY_TASKS, TASK_NAMES, task_kind
 
 OBJECTIVES = {"kl": "min", "perplexity": "min", "score": "max"}
@@ -78,10 +79,10 @@ class DataSpec:
     source: str | None = None
     context_length: int = 512
     max_length: int = 3500
-    shards: int = 8
+    shards: int = DEFAULT_SHARDS
     limit: int | None = 1
-    search_shards: tuple[int, ...] = (0, 1, 2, 3)
-    holdout_shards: tuple[int, ...] = (4, 5, 6, 7)
+    search_shards: tuple[int, ...] = DEFAULT_SEARCH_SHARDS
+    holdout_shards: tuple[int, ...] = DEFAULT_HOLDOUT_SHARDS
     seed: int = 0
 
 

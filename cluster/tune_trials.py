@@ -27,7 +27,7 @@ from store.repository import completed_units, mark_failed, mark_running, registe
 from streamkv.methods import Method
 from workers.units import WorkUnit
 
-from .tune_results import aggregate, feasible, penalized, unit_figures
+from store.searches import aggregate, feasible, penalized, unit_figures
 from .tune_spec import Dimension, SearchSpec
 
 

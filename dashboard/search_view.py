@@ -9,7 +9,7 @@ search spec. Data shaping here is pure (frames in, frames out); `render` draws i
 - the held-apart check: the chosen trial and the uncompressed baseline on the shards the
   search never saw, next to its search-shard figures.
 
-The trials and the choice come from `cluster.tune_results`, the functions the driver uses, so
+The trials and the choice come from `store.searches`, the functions the driver uses, so
 the view shows the trial the command chose.
 """
 
@@ -21,7 +21,17 @@ from typing import Any
 
 import pandas as pd
 
-from cluster.tune_results import Trial, best_trial, feasible, is_baseline, pareto_front, trials
+from store.searches import (
+    DEFAULT_HOLDOUT_SHARDS,
+    DEFAULT_SEARCH_SHARDS,
+    DEFAULT_SHARDS,
+    Trial,
+    best_trial,
+    feasible,
+    is_baseline,
+    pareto_front,
+    trials,
+)
 
 
 @dataclass(frozen=True)
@@ -38,17 +48,14 @@ class SearchInfo:
 
 def search_info(spec: Mapping[str, Any] | None) -> SearchInfo | None:
     """None for a sweep that is not a search (its spec has no space / shard split)."""
-    from cluster.tune_spec import DataSpec
-
     if not isinstance(spec, Mapping) or "space" not in spec:
         return None
     data = spec.get("data") or {}
-    defaults = DataSpec()
     constraint = spec.get("constraint") or {}
     return SearchInfo(objective=str(spec.get("objective", "kl")),
-                      search_shards=tuple(data.get("search_shards", defaults.search_shards)),
-                      holdout_shards=tuple(data.get("holdout_shards", defaults.holdout_shards)),
-                      shards=int(data.get("shards", defaults.shards)),
+                      search_shards=tuple(data.get("search_shards", DEFAULT_SEARCH_SHARDS)),
+                      holdout_shards=tuple(data.get("holdout_shards", DEFAULT_HOLDOUT_SHARDS)),
+                      shards=int(data.get("shards", DEFAULT_SHARDS)),
                       max_avg_bits=constraint.get("max_avg_bits"), max_cache_bytes=constraint.get("max_cache_bytes"))
 
 

@@ -73,7 +73,7 @@ def test_killed_search_resumes_and_stores_each_trial_once(tmp_path):
     keys = [(c, s) for c, s, _ in rows]
     assert len(keys) == len(set(keys))  # each unit once
     assert before <= {(c, s) for c, s, status in rows if status == "done"}  # nothing done was lost
-    from cluster.tune_results import trials
+    from store.searches import trials
 
     from store import readonly_engine
     from store.queries import result_frame

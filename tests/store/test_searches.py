@@ -1,4 +1,4 @@
-"""The pure figures of a search (`cluster.tune_results`): aggregation over shards, the budget
+"""The pure figures of a search (`store.searches`): aggregation over shards, the budget
 penalty, the chosen trial and the Pareto front."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from cluster.tune_results import (
+from store.searches import (
     UNMEASURED,
     UnitFigures,
     aggregate,

@@ -1,7 +1,7 @@
 """What a search's stored units say: per-trial figures, the Pareto front, the chosen trial.
 
 Pure functions over `store.queries.result_frame` rows of one search (a sweep whose spec is a
-search spec), shared by the `streamkv tune` driver and the dashboard's search view, so both
+search spec), shared by the `streamkv tune` driver (cluster/tune.py) and the dashboard's search view, so both
 choose the same trial from the same rows. A trial is a config_id; its figures aggregate the
 units of its shards: KL and score weighted by each unit's items (n_samples), perplexity as
 exp of the item-weighted mean log perplexity (exact for equal-length windows), measured bits
@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 OBJECTIVE_MODES = {"kl": "min", "perplexity": "min", "score": "max"}
+# The search spec's default data split (cluster.tune_spec.DataSpec): here, so the dashboard,
+# which reads a stored spec as the user wrote it, fills in the same defaults.
+DEFAULT_SHARDS = 8
+DEFAULT_SEARCH_SHARDS: tuple[int, ...] = (0, 1, 2, 3)
+DEFAULT_HOLDOUT_SHARDS: tuple[int, ...] = (4, 5, 6, 7)
 # A trial over its budget reports quality + this x (1 + |quality|) x its relative excess, so a
 # model-based search learns where the budget is instead of seeing one flat penalty value.
 PENALTY = 10.0
