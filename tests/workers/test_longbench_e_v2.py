@@ -77,7 +77,7 @@ def test_v2_loads_the_official_json_array_layout(tmp_path: Path) -> None:
     ],
 )
 def test_v2_validation_names_file_line_and_field(tmp_path: Path, change: dict, message: str) -> None:
-    path = _write_jsonl(tmp_path / "longbench_v2.jsonl", [V2_ROWS[0], dict(V2_ROWS[1], **change)])
+    _write_jsonl(tmp_path / "longbench_v2.jsonl", [V2_ROWS[0], dict(V2_ROWS[1], **change)])
     with pytest.raises(ValueError, match=message):
         load_longbench(tmp_path, "longbench_v2")
 
