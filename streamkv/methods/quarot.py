@@ -1,7 +1,10 @@
 """QuaRot-style KV peer (Ashkboos et al., 2024, arXiv 2404.00456): keys (post-RoPE) and values
 rotated by a Hadamard matrix per KV head, then asymmetric round-to-nearest per token in channel
-groups (`group_size`, default the whole head as QuaRot's `--k_groupsize/--v_groupsize 128` on
-128-wide heads), with the range clipped to `clip_ratio` x (min, max) of each group.
+groups (`group_size`, default the whole head), with the range clipped to `clip_ratio` x
+(min, max) of each group. The paper's setup (Section 5): "We quantize the KV caches using
+asymmetric quantization with a group size 128 with a constant clipping ratio of 0.95" on
+128-wide heads, i.e. one group per head; its repository's argparse defaults (`--k_clip_ratio`,
+`--v_clip_ratio` = 1.0) are not what the paper ran, so our presets use 0.95.
 
 QuaRot rotates queries and keys after RoPE by the head-size Hadamard (q . k unchanged) and
 folds the values' Hadamard into W_v / W_o. Our read path dequantizes and then attends, so the
