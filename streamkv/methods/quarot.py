@@ -52,7 +52,8 @@ class QuaRotLayer(PackedLayer):
         s = self.settings
         layout = self.shared("layout", lambda: self._layout(keys.device))
         parts = []
-        for kind, x, bits, ratio in ((0, keys, s.key_bits, s.key_clip_ratio), (1, values, s.value_bits, s.value_clip_ratio)):
+        for kind, x, bits, ratio in ((0, keys, s.key_bits, s.key_clip_ratio),
+                                     (1, values, s.value_bits, s.value_clip_ratio)):
             y = rotation.rotate(x, self._rotations(kind, x.device))  # [B, S, C] fp32
             y = clip_to_ratio(y, layout.segment_of, layout.n_segments, ratio)
             parts.append(PackedTensor([encode(y, bits, layout, fused=self.fused)], self.n_channels))

@@ -180,7 +180,8 @@ def test_seed_makes_runs_reproducible(tiny_reference, prompt):
 
 def test_settings_are_checked():
     assert preset("turboquant-2.5").key_bits == 2.5
-    assert TurboQuant(key_bits=3).key_bits == 3.0 and TurboQuant(key_bits=3).config_id == TurboQuant(key_bits=3.0).config_id
+    assert TurboQuant(key_bits=3).key_bits == 3.0
+    assert TurboQuant(key_bits=3).config_id == TurboQuant(key_bits=3.0).config_id
     with pytest.raises(InvalidSettings, match=r"key_bits: 5 is out of range \(allowed: 2 \| 2.5 \| 3 \| 3.5 \| 4\)"):
         TurboQuant(key_bits=5)
     with pytest.raises(InvalidSettings, match="seed"):
