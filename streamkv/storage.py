@@ -205,10 +205,75 @@ def encode(x: torch.Tensor, bits: int, layout: ScaleLayout, *,
 
 
 @dataclass
+class CodebookPart:
+    """One channel subset as indices into a non-uniform codebook, times one fp16 norm per token
+    and segment (TurboQuant's layout: the codes of a rotated unit vector and that vector's norm).
+
+    levels: fp32 [2**bits] sorted, shared by every block of a layer (so counted once).
+    segment_of: int16 [c] segment (e.g. KV head) of each stored channel; a segment's channels
+    are one vector: its norm is stored, its direction quantized coordinate by coordinate.
+    """
+
+    bits: int
+    channels: torch.Tensor | None  # int16 [c] indices into the flattened channel axis; None = all
+    n_channels: int
+    levels: torch.Tensor  # fp32 [2**bits]
+    segment_of: torch.Tensor  # int16 [c]
+    n_segments: int
+    data: torch.Tensor  # uint8 [B, T, packed] codes
+    norm: torch.Tensor  # fp16 [B, T, n_seg]
+
+    @property
+    def length(self) -> int:
+        return self.data.shape[1]
+
+    def tensors(self) -> list[torch.Tensor]:
+        held = [self.data, self.norm, self.levels, self.segment_of, self.channels]
+        return [t for t in held if t is not None]
+
+    def decode(self, dtype: torch.dtype) -> torch.Tensor:
+        """-> [B, T, c] in `dtype`: level of each code times its segment's norm."""
+        codes = quant.unpack_bits(self.data, self.bits, self.n_channels).long()
+        norm = self.norm.float().index_select(-1, self.segment_of.long())
+        return (self.levels[codes] * norm).to(dtype)
+
+    def decode_into(self, out: torch.Tensor, start: int, fused: bool = False) -> None:
+        """Writes the part's tokens into out[:, start:start+T] at its channels (plain torch ops:
+        there is no fused kernel for codebook parts, `fused` is accepted and ignored)."""
+        dest = out[:, start:start + self.length]
+        if self.channels is None:
+            dest.copy_(self.decode(out.dtype))
+        else:
+            dest[..., self.channels.long()] = self.decode(out.dtype)
+
+    def extend(self, x: torch.Tensor) -> None:
+        """Appends tokens x [B, t, c] (each token is coded on its own, so this is exact)."""
+        new = encode_codebook(x, self.bits, self.levels, self.segment_of, self.n_segments, channels=self.channels)
+        self.data = torch.cat([self.data, new.data], dim=1)
+        self.norm = torch.cat([self.norm, new.norm], dim=1)
+
+
+def encode_codebook(x: torch.Tensor, bits: int, levels: torch.Tensor, segment_of: torch.Tensor, n_segments: int,
+                    *, channels: torch.Tensor | None = None) -> CodebookPart:
+    """Codes x [B, T, c]: per token and segment, the norm (fp16, rounded before the direction is
+    coded so decoding uses exactly it) and the nearest level of each coordinate of x / norm."""
+    from streamkv.codebooks import nearest_level
+
+    x = x.float()
+    seg = segment_of.long()
+    sq = torch.zeros(*x.shape[:-1], n_segments, dtype=torch.float32, device=x.device)
+    norm = _to_scale(sq.index_add_(-1, seg, x * x).sqrt())
+    unit = x / norm.float().clamp_min(quant.EPS).index_select(-1, seg)
+    codes = nearest_level(unit, levels)
+    return CodebookPart(bits, channels, x.shape[-1], levels, segment_of, n_segments,
+                        quant.pack_bits(codes, bits).contiguous(), norm)
+
+
+@dataclass
 class PackedTensor:
     """Parts covering all C channels of a run of tokens (one of K or V of one block)."""
 
-    parts: list[PackedPart]
+    parts: list[PackedPart | CodebookPart]
     n_channels: int
     # storage_sizes of the parts, kept until the next extend: the cache's byte count is taken
     # after every layer update, and walking every tensor of a long history each time is slow.
