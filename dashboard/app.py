@@ -252,7 +252,7 @@ def niah_heatmap(grid: pd.DataFrame, difference: bool) -> alt.FacetChart:
     scale = (alt.Scale(scheme="redblue", domain=[-100, 100]) if difference
              else alt.Scale(scheme="viridis", domain=[0, 100]))
     base = alt.Chart(grid).encode(
-        x=alt.X("depth:O", title="Needle depth (% of haystack)"),
+        x=alt.X("depth:O", title="needle depth (%)"),
         y=alt.Y("context_length:O", title="Context length (tokens)", sort="descending"))
     rect = base.mark_rect().encode(
         color=alt.Color(f"{field}:Q", title=title, scale=scale),
@@ -260,7 +260,7 @@ def niah_heatmap(grid: pd.DataFrame, difference: bool) -> alt.FacetChart:
                  alt.Tooltip("score_delta:Q", title="score − none", format=".1f"), "n_samples:Q"])
     text = base.mark_text(fontSize=12).encode(text=alt.Text(f"{field}:Q", format=".0f"),
                                               color=alt.value("black"))
-    return alt.layer(rect, text).properties(width=170, height=150).facet(
+    return alt.layer(rect, text).properties(width=130, height=150).facet(
         facet=alt.Facet("config:N", title=None), columns=5)
 
 
