@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import SCORES, SWEEP_ID, TOY_SCORES, TOY_SWEEP_ID
+# At import time `conftest` is this folder's (pytest imports it first); inside a test it may be
+# another folder's by then, so every name is taken here.
+from conftest import (
+    NIAH_DEPTHS,
+    NIAH_LENGTHS,
+    RULER_CONFIGS,
+    RULER_SWEEP_ID,
+    SCORES,
+    SWEEP_ID,
+    TOY_SCORES,
+    TOY_SWEEP_ID,
+    niah_score,
+)
 
 from dashboard import views as v
 from store import readonly_engine
@@ -119,8 +131,6 @@ def test_fields_of_an_unknown_method_are_filters_and_ablation_axes(demo_store) -
 
 
 def test_ruler_views_on_the_demo_store(demo_store) -> None:
-    from conftest import NIAH_DEPTHS, NIAH_LENGTHS, RULER_CONFIGS, RULER_SWEEP_ID, niah_score
-
     from store import queries as q
 
     engine = readonly_engine(demo_store["db_url"])
