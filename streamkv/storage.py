@@ -87,11 +87,7 @@ class PackedPart:
             kernels.dequantize_into(out, start, self.data, self.bits, self.n_channels, *grid(self),
                                     self.layout.segment_of, self.layout.token_group, self.channels)
             return
-        dest = out[:, start:start + self.length]
-        if self.channels is None:
-            dest.copy_(self.decode(out.dtype))
-        else:
-            dest[..., self.channels.long()] = self.decode(out.dtype)
+        write_at_channels(out, start, self.decode(out.dtype), self.channels)
 
     def extend(self, x: torch.Tensor) -> None:
         """Appends tokens x [B, t, c]: per-token scales are computed for them, a part-wide
@@ -110,6 +106,15 @@ class PackedPart:
             raise ValueError("only per-token or part-wide scales can be extended")
         codes = quant.quantize(x, *_element_grid(self), self.bits)
         self.data = torch.cat([self.data, quant.pack_bits(codes, self.bits)], dim=1)
+
+
+def write_at_channels(out: torch.Tensor, start: int, decoded: torch.Tensor, channels: torch.Tensor | None) -> None:
+    """out[:, start:start+T] at `channels` (all when None) <- decoded [B, T, c]."""
+    dest = out[:, start:start + decoded.shape[1]]
+    if channels is None:
+        dest.copy_(decoded)
+    else:
+        dest[..., channels.long()] = decoded
 
 
 def grid(part: PackedPart) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,11 +245,7 @@ class CodebookPart:
     def decode_into(self, out: torch.Tensor, start: int, fused: bool = False) -> None:
         """Writes the part's tokens into out[:, start:start+T] at its channels (plain torch ops:
         there is no fused kernel for codebook parts, `fused` is accepted and ignored)."""
-        dest = out[:, start:start + self.length]
-        if self.channels is None:
-            dest.copy_(self.decode(out.dtype))
-        else:
-            dest[..., self.channels.long()] = self.decode(out.dtype)
+        write_at_channels(out, start, self.decode(out.dtype), self.channels)
 
     def extend(self, x: torch.Tensor) -> None:
         """Appends tokens x [B, t, c] (each token is coded on its own, so this is exact)."""
