@@ -39,9 +39,21 @@ def chunked_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
                          value: torch.Tensor, attention_mask: torch.Tensor | None,
                          dropout: float = 0.0, scaling: float | None = None,
                          is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """query [B, Hq, q, D]; key/value [B, Hkv, kv, D] -> [B, q, Hq, D]."""
+    """query [B, Hq, q, D]; key/value [B, Hkv, kv, D] -> [B, q, Hq, D].
+
+    With `streamkv_cache` (passed by streamkv's model classes) whose layer attends blockwise,
+    key/value are only the chunk just stored and the layer reads its history itself."""
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    cache = kwargs.pop("streamkv_cache", None)
+    if cache is not None:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        if not causal or dropout:
+            raise ValueError("blockwise history attention is causal and has no dropout; build the "
+                             "cache with attention_window=0 for the dense path")
+        out = cache.attend(module.layer_idx, query, key, value, attention_mask, scale)
+        if out is not None:
+            return out, None
     if attention_mask is not None or not causal or q_len == 1 or q_len >= kv_len:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)

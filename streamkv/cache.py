@@ -31,14 +31,19 @@ class CompressedCache(Cache):
 
     def __init__(self, method, model_config: PretrainedConfig, rotary_emb: RotaryFn | None = None, *,
                  dtype: torch.dtype | None = None, device: torch.device | None = None,
-                 fused: bool | None = None):
+                 fused: bool | None = None, attention_window: int | None = None,
+                 blockwise_queries: int | None = None):
         """method: a `streamkv.methods.Method`; fused: Triton kernels (None: on CUDA when
-        Triton is installed); dtype/device: the model's (None: those of the first keys)."""
+        Triton is installed); dtype/device: the model's (None: those of the first keys);
+        attention_window / blockwise_queries: the blockwise history attention (None: the
+        defaults of `LayerContext`; attention_window=0: always the dense path)."""
         method.check_model(model_config)
         n_layers = model_config.num_hidden_layers
         layers = [method.make_layer(LayerContext(
             layer_idx=i, num_layers=n_layers, n_kv_heads=model_config.num_key_value_heads,
-            head_dim=head_dim_of(model_config), fused=fused, dtype=dtype, device=device))
+            head_dim=head_dim_of(model_config), fused=fused, dtype=dtype, device=device,
+            **{k: v for k, v in (("attention_window", attention_window),
+                                 ("blockwise_queries", blockwise_queries)) if v is not None}))
             for i in range(n_layers)]
         super().__init__(layers=layers)
         self.method = method
@@ -51,9 +56,11 @@ class CompressedCache(Cache):
     def needs_positions(self) -> bool:
         return any(layer.pre_rope for layer in self.layers)
 
-    def begin_step(self, position_ids: torch.Tensor, batch_size: int) -> None:
-        """Announces the positions [B|1, S] of the tokens the next forward appends."""
+    def begin_step(self, position_ids: torch.Tensor, batch_size: int, blockwise: bool = False) -> None:
+        """Announces the positions [B|1, S] of the tokens the next forward appends; blockwise:
+        the model attends through `attend` (streamkv's attention), not over `update`'s output."""
         if not self.needs_positions:
+            self.step = Step(blockwise=blockwise)
             return
         if self.rotary_emb is None:
             raise RuntimeError("this cache stores pre-RoPE keys and needs the model's rotary "
@@ -72,7 +79,7 @@ class CompressedCache(Cache):
                 memo[n] = self.rotary_emb(probe, self.positions[:, :n].long())
             return memo[n]
 
-        self.step = Step(cos=cos, sin=sin, history_rope=history_rope)
+        self.step = Step(cos=cos, sin=sin, history_rope=history_rope, blockwise=blockwise)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +87,15 @@ class CompressedCache(Cache):
         if layer_idx == len(self.layers) - 1:
             self.peak_bytes = max(self.peak_bytes, self.nbytes())
         return keys, values
+
+    def attend(self, layer_idx: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               attention_mask: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+        """Attention of layer `layer_idx` read from its packed history ([B, q, Hq, D]), or None
+        when that layer returned the whole history from `update` (the caller attends densely)."""
+        layer = self.layers[layer_idx]
+        if not (hasattr(layer, "attends_blockwise") and layer.attends_blockwise(self.step, query.shape[2])):
+            return None
+        return layer.attend(query, keys, values, attention_mask, scale, self.step)
 
     def nbytes(self) -> int:
         """Bytes of every tensor the cache holds (codes, scales, indices, residuals, positions)."""

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
-from streamkv import quant
+from streamkv import history_attention, quant, rotation
 from streamkv.storage import PackedTensor, storage_sizes
 
 
@@ -34,6 +34,14 @@ class LayerContext:
     fused: bool | None = None
     dtype: torch.dtype | None = None  # None: the dtype of the first keys stored
     device: torch.device | None = None  # None: the device of the first keys stored
+    # Under streamkv's attention, a step of at most `blockwise_queries` tokens (decode) reads
+    # the history a window of whole blocks at a time (at least `attention_window` tokens;
+    # streamkv.history_attention), so it never exists in full precision as a whole. Longer
+    # prefill chunks, and attention_window=0, take the dense path: the whole history decoded
+    # into one buffer, then SDPA, whose fused kernel beats the windowed softmax there (CPU:
+    # benchmarks/decode_speed.py) while the chunk's own activations dwarf the history copy.
+    attention_window: int = 2048
+    blockwise_queries: int = 16
 
 
 @dataclass
@@ -43,6 +51,9 @@ class Step:
     cos: torch.Tensor | None = None  # [B, S, D] of the current chunk (None: no RoPE known)
     sin: torch.Tensor | None = None
     history_rope: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The model attends through `PackedLayer.attend` (streamkv's attention): `update` stores the
+    # chunk and returns it alone instead of the whole history.
+    blockwise: bool = False
 
 
 @dataclass
@@ -103,6 +114,8 @@ class PackedLayer(CacheLayerMixin):
         # are held (and counted) once per layer instead of once per block.
         self._shared: dict = {}
         self.fused: bool | None = ctx.fused  # resolved on the first update when None
+        # A chunk `update` handed to `attend` (blockwise, not strict) and `attend` has yet to store.
+        self.unwritten: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- transformers' layer protocol ---------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -130,6 +143,12 @@ class PackedLayer(CacheLayerMixin):
         strict = self.settings.quantize_current_chunk
         n_old, n_new = self.length, key_states.shape[-2]
         new_k, new_v = to_flat(keys), to_flat(value_states)
+        if self.attends_blockwise(step, n_new):  # attention reads the history itself (`attend`)
+            if strict:  # the chunk is read back quantized, as on the dense path
+                self._store(new_k, new_v)
+            else:  # stored by `attend` once it has read the history, as on the dense path
+                self.unwritten = (new_k, new_v)
+            return key_states, value_states
         self.prepare(new_k, new_v)
         if not strict:  # the history, with room for the chunk itself in full precision
             all_k, all_v = self.read(step, extra=n_new)
@@ -142,6 +161,11 @@ class PackedLayer(CacheLayerMixin):
             from_flat(all_v, self.n_heads)[:, :, n_old:] = value_states
         return from_flat(all_k, self.n_heads), from_flat(all_v, self.n_heads)
 
+    def _store(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.prepare(keys, values)
+        self.write(keys, values)
+        self.length += keys.shape[1]
+
     def get_seq_length(self) -> int:
         return self.length
 
@@ -153,6 +177,7 @@ class PackedLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.blocks, self.residual_k, self.residual_v, self.length = [], None, None, 0
+        self.unwritten = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError("beam search is not supported by streamkv caches; "
@@ -170,34 +195,141 @@ class PackedLayer(CacheLayerMixin):
         return self._shared[key]
 
     # --- reading the history back ---------------------------------------------------------
+    def attends_blockwise(self, step: Step, n_new: int) -> bool:
+        """Whether a step of n_new tokens leaves the history to `attend` (see LayerContext)."""
+        return step.blockwise and self.ctx.attention_window > 0 and n_new <= self.ctx.blockwise_queries
+
     def read(self, step: Step, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V [B, T + extra, C] whose first T tokens are the stored history dequantized (K
-        rotated if stored pre-RoPE); the `extra` tokens are left for the caller to fill.
-
-        Blocks are decoded straight into the buffer attention reads, so one layer's history
-        exists once in full precision, and only while this layer attends.
-        """
+        rotated if stored pre-RoPE); the `extra` tokens are left for the caller to fill (the
+        dense path: one layer's whole history in full precision while this layer attends)."""
         n = self.length
-        keys = torch.empty(self.batch_size, n + extra, self.n_channels, dtype=self.dtype, device=self.device)
-        values = torch.empty_like(keys)
-        pos = 0
-        for block in self.blocks:
-            block.keys.decode_into(keys, pos, self.fused)
-            block.values.decode_into(values, pos, self.fused)
-            pos += block.length
-        if self.residual_k is not None:
-            keys[:, pos:n] = self.residual_k
-            values[:, pos:n] = self.residual_v
-        if self.pre_rope and n:
-            cos, sin = step.history_rope(n)
-            if self.fused:
-                from streamkv import kernels
+        return self._read_pieces(step, self._pieces(n), 0, n, extra)
 
-                kernels.rope_(keys[:, :n], cos, sin, self.head_dim)
+    def history_windows(self, step: Step, n: int, keep_rotation: bool = False):
+        """Yields (start, keys, values) [B, t, C] covering history tokens [0, n) in order, each
+        window whole pieces (blocks, the residual) of at least `attention_window` tokens;
+        keep_rotation: rotated storage stays rotated (see `rotations`)."""
+        pieces, size, start = [], 0, 0
+        for piece in self._pieces(n):
+            pieces.append(piece)
+            size += piece[1] - piece[0]
+            if size >= self.ctx.attention_window:
+                yield (start, *self._read_pieces(step, pieces, start, n, keep_rotation=keep_rotation))
+                start += size
+                pieces, size = [], 0
+        if pieces:
+            yield (start, *self._read_pieces(step, pieces, start, n, keep_rotation=keep_rotation))
+
+    def _pieces(self, n: int) -> list[tuple[int, int, Block | None]]:
+        """(start, end, block; None = the residual) of the stored tokens [0, n), in order."""
+        pieces, pos = [], 0
+        for block in self.blocks:
+            if pos >= n:
+                return pieces
+            pieces.append((pos, min(n, pos + block.length), block))
+            pos += block.length
+        if self.residual_k is not None and pos < n:
+            pieces.append((pos, n, None))
+        return pieces
+
+    def _read_pieces(self, step: Step, pieces, start: int, n: int, extra: int = 0,
+                     keep_rotation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [B, t + extra, C] of `pieces` (tokens [start, start + t)) in model space.
+
+        Blocks are decoded straight into the returned buffer; a block that runs past `n` (the
+        open decode block, when the current token is not to be read from it) is decoded whole
+        into a scratch buffer and cut."""
+        t = pieces[-1][1] - start if pieces else 0
+        shape = (self.batch_size, t + extra, self.n_channels)
+        keys = torch.empty(shape, dtype=self.dtype, device=self.device)
+        values = torch.empty_like(keys)
+        for lo, hi, block in pieces:
+            at = lo - start
+            if block is None:
+                r = self.length - self.residual_k.shape[1]  # the residual's first token
+                keys[:, at:at + hi - lo] = self.residual_k[:, lo - r:hi - r]
+                values[:, at:at + hi - lo] = self.residual_v[:, lo - r:hi - r]
+            elif hi - lo == block.length:
+                block.keys.decode_into(keys, at, self.fused)
+                block.values.decode_into(values, at, self.fused)
             else:
-                hist = from_flat(keys[:, :n], self.n_heads)
-                hist.copy_(quant.apply_rope(hist.float(), cos.float(), sin.float()))
+                keys[:, at:at + hi - lo] = block.keys.decode(self.dtype)[:, :hi - lo]
+                values[:, at:at + hi - lo] = block.values.decode(self.dtype)[:, :hi - lo]
+        if t:
+            cos = sin = None
+            if self.pre_rope:
+                cos, sin = step.history_rope(n)
+                cos, sin = cos[:, start:start + t], sin[:, start:start + t]
+            self.finish_history(keys[:, :t], values[:, :t], cos, sin, keep_rotation)
         return keys, values
+
+    def finish_history(self, keys: torch.Tensor, values: torch.Tensor, cos: torch.Tensor | None,
+                       sin: torch.Tensor | None, keep_rotation: bool = False) -> None:
+        """In place, decoded history tokens [B, t, C] -> model space: rotated storage
+        (`rotations`) un-rotated unless keep_rotation, then RoPE at their positions (cos/sin
+        [B, t, D]) for keys stored pre-RoPE."""
+        rotations = self.rotations()
+        if rotations is not None and not keep_rotation:
+            keys.copy_(rotation.unrotate(keys, rotations[0]))
+            values.copy_(rotation.unrotate(values, rotations[1]))
+        if cos is None:
+            return
+        if self.fused:
+            from streamkv import kernels
+
+            kernels.rope_(keys, cos, sin, self.head_dim)
+        elif keys.dtype == torch.float32:
+            quant.apply_rope_flat_(keys, cos, sin, self.n_heads)
+        else:
+            hist = from_flat(keys, self.n_heads)
+            hist.copy_(quant.apply_rope(hist.float(), cos.float(), sin.float()))
+
+    def rotations(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(key, value) per-head orthogonal rotations [H, D, D] of storage that holds R x
+        instead of x (QuaRot-, TurboQuant-style), or None. Post-RoPE rotated storage lets
+        blockwise attention rotate the queries and un-rotate its output (q.k = Rq.Rk, and
+        sum p R^T y = R^T sum p y) instead of un-rotating every history token."""
+        return None
+
+    def attend(self, query: torch.Tensor, chunk_keys: torch.Tensor, chunk_values: torch.Tensor,
+               attention_mask: torch.Tensor | None, scale: float, step: Step) -> torch.Tensor:
+        """Attention of query [B, Hq, q, D] over this layer's history and the chunk handed over
+        by `update` (chunk_keys/values [B, Hkv, q, D], post-RoPE): [B, q, Hq, D].
+
+        As on the dense path, the strict protocol reads the chunk back from storage (`update`
+        stored it); otherwise the chunk attends to its own keys/values in full precision, over
+        the history as it was before the chunk (a method may re-encode stored tokens when new
+        ones arrive, as KIVI's residual does), and is stored here afterwards. Causality is
+        aligned to the lower right (or taken from attention_mask)."""
+        q_len, n_q_heads = query.shape[2], query.shape[1]
+        groups = n_q_heads // self.n_heads
+        strict = self.settings.quantize_current_chunk
+        if not strict and self.unwritten is None:
+            raise RuntimeError("attend() without a chunk from update(): call update() first")
+        n_hist = self.length  # strict: the chunk is stored already
+        first_query = self.length - q_len if strict else self.length  # key position of query 0
+        queries = history_attention.stack_queries(query, self.n_heads)
+        rotations = None if self.pre_rope or not n_hist else self.rotations()  # RoPE follows un-rotation
+        stored_queries = queries
+        if rotations is not None:  # scores against the stored (rotated) keys
+            stored_queries = history_attention.rotate_rows(queries, rotations[0])
+        acc = history_attention.OnlineSoftmax()
+        for start, keys, values in self.history_windows(step, n_hist, keep_rotation=rotations is not None):
+            end = start + keys.shape[1]
+            mask = history_attention.window_mask(attention_mask, start, end, q_len, groups,
+                                                 first_query if strict else None)
+            history_attention.add_window(acc, stored_queries, history_attention.heads_of(keys, self.n_heads),
+                                         history_attention.heads_of(values, self.n_heads), scale, mask)
+        if rotations is not None and acc.o is not None:  # back to model space, once per step
+            acc.o = history_attention.unrotate_rows(acc.o, rotations[1])
+        if not strict:
+            mask = history_attention.window_mask(attention_mask, n_hist, n_hist + q_len, q_len, groups,
+                                                 first_query)
+            history_attention.add_window(acc, queries, chunk_keys, chunk_values, scale, mask)
+            (new_k, new_v), self.unwritten = self.unwritten, None
+            self._store(new_k, new_v)
+        return history_attention.unstack_output(acc.result(), n_q_heads, q_len).to(query.dtype)
 
     # --- what a method implements ----------------------------------------------------------
     def prepare(self, keys: torch.Tensor, values: torch.Tensor) -> None:

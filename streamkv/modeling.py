@@ -128,11 +128,17 @@ class CompressedCausalLMMixin:
             mask = attention_mask
             if attention_mask is not None and attention_mask.dim() == 2:
                 mask = attention_mask[:, :past + end]
+            step_kwargs = kwargs
             if isinstance(cache, CompressedCache):
-                cache.begin_step(position_ids[:, start:end], batch)
+                # Under streamkv's attention, layers attend over their packed history window by
+                # window (`PackedLayer.attend`) instead of returning all of it from `update`.
+                blockwise = self.config._attn_implementation == attention.NAME
+                cache.begin_step(position_ids[:, start:end], batch, blockwise=blockwise)
+                if blockwise:
+                    step_kwargs = {**kwargs, "streamkv_cache": cache}
             out = self.model(inputs_embeds=embeds[:, start:end], attention_mask=mask,
                              position_ids=position_ids[:, start:end], past_key_values=cache,
-                             use_cache=True, **kwargs)
+                             use_cache=True, **step_kwargs)
             hidden.append(out.last_hidden_state)
             kept += end - start
             # Logits of early chunks are only kept when asked for (perplexity needs them all).

@@ -43,7 +43,9 @@ def quantize(x: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, bits: int) -
 
 def dequantize(codes: torch.Tensor, lo: torch.Tensor, step: torch.Tensor,
                dtype: torch.dtype) -> torch.Tensor:
-    return (codes.float() * step + lo).to(dtype)
+    """code * step + lo, rounded twice (a multiply, then an add: no fused multiply-add, so
+    every path that dequantizes gives the same bits)."""
+    return codes.to(torch.float32, copy=True).mul_(step).add_(lo).to(dtype)
 
 
 # --- bit packing (along the last axis) -------------------------------------------------------
@@ -79,10 +81,14 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of `pack_bits`: packed uint8 [..., packed_size(n, bits)] -> uint8 codes [..., n]."""
-    if 8 % bits == 0:
-        shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
-        codes = (packed.unsqueeze(-1) >> shifts) & max_code(bits)
-        return codes.reshape(*packed.shape[:-1], -1)[..., :n]
+    if bits == 8:
+        return packed[..., :n]
+    if 8 % bits == 0:  # code k of each byte written straight to its slot: no broadcast temporaries
+        per = 8 // bits
+        codes = torch.empty(*packed.shape, per, dtype=torch.uint8, device=packed.device)
+        for k in range(per):
+            torch.bitwise_and(packed >> (k * bits) if k else packed, max_code(bits), out=codes[..., k])
+        return codes.view(*packed.shape[:-1], -1)[..., :n]
     weights = torch.arange(8, device=packed.device, dtype=torch.uint8)
     stream = (packed.unsqueeze(-1) >> weights) & 1  # [..., bytes, 8]
     stream = stream.reshape(*packed.shape[:-1], -1, bits)  # [..., n_padded, bits]
@@ -111,6 +117,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x [B, H, T, D]; cos/sin [B, T, D] (as Llama's rotary embedding returns them)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + rotate_half(x) * sin
+
+
+def apply_rope_flat_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int) -> None:
+    """In place, fp32 x [B, T, H*D] (flat heads) rotated as `apply_rope` rotates [B, H, T, D]
+    (the same products and sums, so the same bits) without its full-size temporaries."""
+    b, t, c = x.shape
+    half = c // n_heads // 2
+    v = x.view(b, t, n_heads, 2, half)
+    x1, x2 = v[..., 0, :], v[..., 1, :]
+    cos, sin = cos.float().unsqueeze(2), sin.float().unsqueeze(2)  # [B, T, 1, D]
+    c1, c2, s1, s2 = cos[..., :half], cos[..., half:], sin[..., :half], sin[..., half:]
+    first = x1 * c1
+    first.sub_(x2 * s1)  # x1 cos - x2 sin
+    x1_sin = x1 * s2
+    x2.mul_(c2).add_(x1_sin)  # x2 cos + x1 sin
+    x1.copy_(first)
 
 
 def invert_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,9 @@ class ScaleLayout:
     n_segments: int | None = None
     symmetric: bool = True
     log_scale: bool = False
+    # The one-hot [n_segments, c] matrix `_per_channel` uses on CPU: derived from segment_of,
+    # made once per layout (layouts are shared by the blocks of a layer), not part of the data.
+    _onehot: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 # Log-scale codes: scale = ref * 2 ** ((code - LOG_ZERO) / LOG_STEPS). The reference is the
@@ -113,8 +116,8 @@ def write_at_channels(out: torch.Tensor, start: int, decoded: torch.Tensor, chan
     dest = out[:, start:start + decoded.shape[1]]
     if channels is None:
         dest.copy_(decoded)
-    else:
-        dest[..., channels.long()] = decoded
+    else:  # index_copy_ is about twice as fast as an indexed assignment on the last axis (CPU)
+        dest.index_copy_(-1, channels.long(), decoded)
 
 
 def grid(part: PackedPart) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,12 +137,25 @@ def _element_grid(part: PackedPart) -> tuple[torch.Tensor, torch.Tensor]:
     lo, step = grid(part)
     lay = part.layout
     if lay.segment_of is not None:  # segment -> channel
-        seg = lay.segment_of.long()
-        lo, step = lo.index_select(-1, seg), step.index_select(-1, seg)
+        lo, step = _per_channel(lo, lay), _per_channel(step, lay)
     if lay.token_group not in (None, 1):  # token group -> token
         lo = lo.repeat_interleave(lay.token_group, dim=1)
         step = step.repeat_interleave(lay.token_group, dim=1)
     return lo, step
+
+
+def _per_channel(grid: torch.Tensor, layout: ScaleLayout) -> torch.Tensor:
+    """fp32 [B, G, S] -> [B, G, c]: each channel's segment. On CPU a product with the one-hot
+    [S, c] matrix (exact: one term is x * 1, the others exact zeros), several times faster
+    there than a gather along the last axis; elsewhere the gather."""
+    seg = layout.segment_of.long()
+    if grid.device.type != "cpu":
+        return grid.index_select(-1, seg)
+    if layout._onehot is None or layout._onehot.shape[0] != grid.shape[-1]:
+        onehot = torch.zeros(grid.shape[-1], seg.numel(), dtype=torch.float32)
+        onehot[seg, torch.arange(seg.numel())] = 1
+        layout._onehot = onehot
+    return grid @ layout._onehot
 
 
 def _group_reduce(x: torch.Tensor, lay: ScaleLayout, reduce: str) -> torch.Tensor:

@@ -7,8 +7,9 @@ asymmetric quantization with a group size 128 with a constant clipping ratio of 
 `--v_clip_ratio` = 1.0) are not what the paper ran, so our presets use 0.95.
 
 QuaRot rotates queries and keys after RoPE by the head-size Hadamard (q . k unchanged) and
-folds the values' Hadamard into W_v / W_o. Our read path dequantizes and then attends, so the
-inverse rotation is applied to the history on read: the same products. QuaRot's online KV
+folds the values' Hadamard into W_v / W_o. Here the stored tokens stay rotated: blockwise
+attention rotates the queries and un-rotates its output once per step (`PackedLayer.rotations`),
+and the dense read path un-rotates the history: the same products either way. QuaRot's online KV
 rotation is the plain (deterministic) Hadamard; `seed` adds seeded random signs instead (then
 per layer, head and kind), regenerated from the seed, never stored. Its residual-stream
 rotation of the weights changes neither K nor V, so it has no counterpart here.
@@ -26,7 +27,7 @@ import torch
 
 from streamkv import quant, rotation
 from streamkv.families import head_dim_of
-from streamkv.layers import Block, LayerContext, PackedLayer, Step
+from streamkv.layers import Block, LayerContext, PackedLayer
 from streamkv.methods.base import Method
 from streamkv.methods.registry import register_method, register_preset
 from streamkv.settings import Check, Problem, integer, is_number, one_of, optional, setting
@@ -72,13 +73,8 @@ class QuaRotLayer(PackedLayer):
             return rotation.head_rotations(self.n_heads, self.head_dim, seed).to(device)
         return self.shared(("rotations", kind), make)
 
-    def read(self, step: Step, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = super().read(step, extra)
-        n = self.length
-        if n:  # the history only: the `extra` slots are the caller's full-precision chunk
-            keys[:, :n] = rotation.unrotate(keys[:, :n], self._rotations(0, keys.device)).to(keys.dtype)
-            values[:, :n] = rotation.unrotate(values[:, :n], self._rotations(1, keys.device)).to(values.dtype)
-        return keys, values
+    def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._rotations(0, self.device), self._rotations(1, self.device)
 
 
 @register_method

@@ -31,7 +31,7 @@ import torch
 from streamkv import rotation
 from streamkv.codebooks import sphere_levels
 from streamkv.families import head_dim_of
-from streamkv.layers import Block, LayerContext, PackedLayer, Step
+from streamkv.layers import Block, LayerContext, PackedLayer
 from streamkv.methods.base import Method
 from streamkv.methods.registry import register_method, register_preset
 from streamkv.settings import Check, Problem, integer, is_number, setting
@@ -110,13 +110,8 @@ class TurboQuantLayer(PackedLayer):
             for b, idx in ((low + 1, high_idx), (low, low_idx)))
         return _KindPlan(rot.to(dev), subsets)
 
-    def read(self, step: Step, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = super().read(step, extra)
-        n = self.length
-        if n:  # the history only: the `extra` slots are the caller's full-precision chunk
-            keys[:, :n] = rotation.unrotate(keys[:, :n], self._shared["keys"].rotations).to(keys.dtype)
-            values[:, :n] = rotation.unrotate(values[:, :n], self._shared["values"].rotations).to(values.dtype)
-        return keys, values
+    def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._shared["keys"].rotations, self._shared["values"].rotations
 
 
 @register_method

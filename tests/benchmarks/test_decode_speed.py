@@ -1,0 +1,32 @@
+"""benchmarks/decode_speed.py runs end to end (tiny model, CPU): every row, interleaved, with
+the compressed caches' measured bytes below the uncompressed one's."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+DECODE = Path(__file__).resolve().parents[2] / "benchmarks" / "decode_speed.py"
+
+
+@pytest.fixture(scope="module")
+def decode_speed():
+    spec = importlib.util.spec_from_file_location("decode_speed_benchmark", DECODE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prints_every_row_with_ratios(decode_speed, capsys, one_thread_module):
+    assert decode_speed.main(["--model", "tiny-random-llama", "--lengths", "64", "--chunk-size", "16",
+                              "--steps", "2", "--repeats", "1", "--dense", "--window", "16",
+                              "--configs", "streamkv-4", "kivi-4"]) == 0
+    out = capsys.readouterr().out
+    rows = {r[1]: r for r in (line.split() for line in out.splitlines()) if r and r[0] == "64"}
+    expected = ["dynamic", "none", "streamkv-4", "kivi-4", "none/dense", "streamkv-4/dense", "kivi-4/dense"]
+    assert list(rows)[:7] == expected
+    assert float(rows["dynamic"][3]) == 1.0  # the ratio column is against dynamic
+    assert all(float(r[2]) > 0 for r in rows.values())
+    mb = {name: float(r[5]) for name, r in rows.items() if r[5] != "-"}
+    assert mb["streamkv-4"] < mb["none"] < mb["dynamic"]  # 4-bit < 16-bit < the fp32 plain cache
+    assert mb["streamkv-4/dense"] == mb["streamkv-4"]  # the read path changes no stored byte
