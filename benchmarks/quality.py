@@ -36,6 +36,14 @@ def rows(ablation: bool) -> dict[str, Method]:
         out[f"streamkv-{bits} no sink/outlier"] = preset(
             f"streamkv-{bits}", sink_protection=False, outlier_detection=False)
     if ablation:
+        # The 16-bit tail (full_precision_tail=1: the newest whole chunk waits in 16 bits, so the
+        # strict protocol's chunk attends to itself unquantized, as KIVI's 128-token residual
+        # does); with 128-token chunks the tail costs a quarter of the bits of 512-token ones.
+        for bits in (4, 3, 2):
+            out[f"streamkv-{bits} tail: newest chunk 16-bit"] = preset(f"streamkv-{bits}", full_precision_tail=1)
+            out[f"streamkv-{bits} chunk 128 + tail"] = preset(f"streamkv-{bits}", chunk_size=128,
+                                                               full_precision_tail=1)
+            out[f"streamkv-{bits} chunk 128"] = preset(f"streamkv-{bits}", chunk_size=128)
         for label, change in [("range_mode=clip", dict(range_mode="clip")),
                               ("statistics=chunk", dict(statistics="chunk")),
                               ("value_quant_groups=0", dict(value_quant_groups=0)),

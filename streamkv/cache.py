@@ -83,10 +83,15 @@ class CompressedCache(Cache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.layers[layer_idx].update(key_states, value_states, self.step)
-        if layer_idx == len(self.layers) - 1:
-            self.peak_bytes = max(self.peak_bytes, self.nbytes())
+        layer = self.layers[layer_idx]
+        keys, values = layer.update(key_states, value_states, self.step)
+        if getattr(layer, "unwritten", None) is None:  # else stored (and measured) by `attend`
+            self._measure_peak(layer_idx)
         return keys, values
+
+    def _measure_peak(self, layer_idx: int) -> None:
+        if layer_idx == len(self.layers) - 1:  # every layer has stored this step's tokens
+            self.peak_bytes = max(self.peak_bytes, self.nbytes())
 
     def attend(self, layer_idx: int, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                attention_mask: torch.Tensor | None, scale: float) -> torch.Tensor | None:
@@ -95,7 +100,9 @@ class CompressedCache(Cache):
         layer = self.layers[layer_idx]
         if not (hasattr(layer, "attends_blockwise") and layer.attends_blockwise(self.step, query.shape[2])):
             return None
-        return layer.attend(query, keys, values, attention_mask, scale, self.step)
+        out = layer.attend(query, keys, values, attention_mask, scale, self.step)
+        self._measure_peak(layer_idx)
+        return out
 
     def nbytes(self) -> int:
         """Bytes of every tensor the cache holds (codes, scales, indices, residuals, positions)."""

@@ -38,6 +38,8 @@ _BITS = one_of(*ALLOWED_BITS)
 # Per-layer settings left at None are not written by `to_dict`, so the config_id of every
 # config that does not use them is the one it had before they existed.
 PER_LAYER_FIELDS: tuple[str, ...] = ("layer_key_bits", "layer_value_bits")
+# Later settings whose default is not written by `to_dict` either, for the same reason.
+OMITTED_AT_DEFAULT: tuple[str, ...] = (*PER_LAYER_FIELDS, "full_precision_tail")
 
 
 def _bits_per_layer() -> Check:
@@ -72,6 +74,10 @@ class PackedLayoutSettings(Method):
         None, _bits_per_layer(), "bits of normal keys per layer (layer i: entry i), instead of key_bits_normal")
     layer_value_bits: tuple[int, ...] | None = setting(
         None, _bits_per_layer(), "bits of normal values per layer, instead of value_bits_normal")
+    full_precision_tail: int | None = setting(
+        None, optional(integer(0), "off: chunks quantized as they arrive, decode tokens join an open block"),
+        "R: new tokens wait in 16 bits and are quantized a whole chunk_size block at a time once more "
+        "than R tokens follow it (0: only the last, not yet full chunk stays 16-bit)")
 
     @classmethod
     def cross_problems(cls, valid: Mapping[str, Any]) -> list[Problem]:
@@ -110,7 +116,7 @@ class PackedLayoutSettings(Method):
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
-        for name in PER_LAYER_FIELDS:
+        for name in OMITTED_AT_DEFAULT:
             if data[name] is None:
                 del data[name]
         return data
@@ -164,6 +170,8 @@ class StreamingLayer(PackedLayer):
         """Folds a new chunk into the statistics and starts copying its outlier masks to the
         host, so the copy overlaps the history reads instead of stalling the GPU in write."""
         self._pending = None
+        if self.settings.full_precision_tail is not None:  # blocks are cut from the tail in write
+            return
         n_sink = self._n_sink(keys.shape[1])
         keys, values = keys[:, n_sink:], values[:, n_sink:]
         if keys.shape[1] and not self._joins_open_block(keys.shape[1]):
@@ -189,6 +197,9 @@ class StreamingLayer(PackedLayer):
             keys, values = keys[:, n_sink:], values[:, n_sink:]
         if keys.shape[1] == 0:
             return
+        if self.settings.full_precision_tail is not None:
+            self._write_through_tail(keys, values, n_sink)
+            return
         if self._joins_open_block(keys.shape[1]):
             self.key_stats.observe(keys)
             self.value_stats.observe(values)
@@ -199,6 +210,30 @@ class StreamingLayer(PackedLayer):
         block = self._chunk_block(keys, values, pending or self._observe(keys, values))
         self.blocks.append(block)
         self.open_block = block if decode else None
+
+    def _write_through_tail(self, keys: torch.Tensor, values: torch.Tensor, n_sink: int) -> None:
+        """New tokens join the 16-bit tail (`residual_k/v`, read and counted by PackedLayer).
+        Blocks end where chunks end (multiples of chunk_size, the sink tokens taking the start
+        of the first, as without a tail), and a block is quantized, with the statistics updated
+        by its own tokens, once more than `full_precision_tail` tokens follow it. So with 0 a
+        prefill of whole chunks is stored exactly as without a tail, and only the last, not yet
+        full chunk (a prompt's end, decode tokens) waits in 16 bits."""
+        first = self.length + n_sink  # absolute position of the first new token (length: before it)
+        if self.residual_k is not None:  # tokens that waited are quantized from their 16 bits
+            first -= self.residual_k.shape[1]
+            keys = torch.cat([self.residual_k.to(keys.dtype), keys], dim=1)
+            values = torch.cat([self.residual_v.to(values.dtype), values], dim=1)
+        chunk = self.settings.chunk_size
+        end = (first + keys.shape[1] - self.settings.full_precision_tail) // chunk * chunk
+        start = first
+        while start < end:
+            stop = min(end, (start // chunk + 1) * chunk)
+            k, v = keys[:, start - first:stop - first], values[:, start - first:stop - first]
+            self.blocks.append(self._chunk_block(k, v, self._observe(k, v)))
+            start = stop
+        cut, raw = max(0, end - first), raw_dtype(self.dtype)
+        self.residual_k = keys[:, cut:].to(raw, copy=True)
+        self.residual_v = values[:, cut:].to(raw, copy=True)
 
     def _sink_block(self, keys: torch.Tensor, values: torch.Tensor) -> Block:
         cfg = self.settings
@@ -305,7 +340,7 @@ class StreamingLayer(PackedLayer):
         return ChannelStats(s.ema_decay, s.statistics), ChannelStats(s.ema_decay, s.statistics)
 
     def reset(self) -> None:
-        super().reset()
+        super().reset()  # the tail too
         self.key_stats, self.value_stats = self._new_stats()
         self.open_block, self._pending = None, None
 

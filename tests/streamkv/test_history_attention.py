@@ -153,3 +153,21 @@ def test_non_causal_attention_is_refused_clearly(tiny_reference):
     q = torch.zeros(1, 4, 1, 16)
     with pytest.raises(ValueError, match="attention_window=0"):
         attention.chunked_sdpa_forward(module, q, q[:, :2], q[:, :2], None, is_causal=False, streamkv_cache=cache)
+
+
+@torch.no_grad()
+def test_peak_bytes_are_the_dense_paths(tiny_reference):
+    """Stored bytes and their peak do not depend on the read path (the blockwise write of the
+    last layer happens in `attend`; the peak is taken after it)."""
+    from streamkv import preset
+
+    model = compressed(tiny_reference)
+    method = preset("streamkv-4", chunk_size=32)
+    peaks = []
+    for window in (0, 16):
+        cache = CompressedCache(method, model.config, model.model.rotary_emb, attention_window=window)
+        out = model(torch.randint(0, 256, (1, 70), generator=torch.Generator().manual_seed(6)), past_key_values=cache)
+        for _ in range(3):
+            out = model(out.logits[:, -1:].argmax(-1), past_key_values=cache)
+        peaks.append((cache.peak_bytes, cache.nbytes()))
+    assert peaks[0] == peaks[1] and peaks[0][0] >= peaks[0][1] > 0
