@@ -189,6 +189,19 @@ class PackedLayer(CacheLayerMixin):
     def prefetch(self) -> None:
         return None
 
+    def append_block(self, block: Block) -> None:
+        """Stores a block; a short one (decode tokens) joins the last block instead while that
+        stays within chunk_size tokens and its parts can take the tokens as they are (16-bit or
+        per-token codes), so a long generation reads a few blocks per step, not one per token."""
+        last = self.blocks[-1] if self.blocks else None
+        chunk = getattr(self.settings, "chunk_size", None) or 0
+        if (last is not None and not last.meta and not block.meta and last.length + block.length <= chunk
+                and last.keys.joinable(block.keys) and last.values.joinable(block.values)):
+            last.keys.join(block.keys)
+            last.values.join(block.values)
+            return
+        self.blocks.append(block)
+
     def shared(self, key, make):
         if key not in self._shared:
             self._shared[key] = make()

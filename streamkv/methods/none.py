@@ -16,10 +16,10 @@ from streamkv.storage import PackedTensor, ScaleLayout, encode, raw_dtype
 
 class NoCompressionLayer(PackedLayer):
     def write(self, keys, values) -> None:
-        layout = ScaleLayout()
+        layout = self.shared("layout", ScaleLayout)
         dt = raw_dtype(self.dtype)
-        self.blocks.append(Block(PackedTensor([encode(keys, 16, layout, raw_dtype=dt)], self.n_channels),
-                                 PackedTensor([encode(values, 16, layout, raw_dtype=dt)], self.n_channels)))
+        self.append_block(Block(PackedTensor([encode(keys, 16, layout, raw_dtype=dt)], self.n_channels),
+                                PackedTensor([encode(values, 16, layout, raw_dtype=dt)], self.n_channels)))
 
 
 @register_method

@@ -32,7 +32,7 @@ class PerTokenLayer(PackedLayer):
             self.n_heads, self.head_dim, keys.device, self.symmetric))
         k = encode(keys, self.bits, layout, fused=self.fused)
         v = encode(values, self.bits, layout, fused=self.fused)
-        self.blocks.append(Block(PackedTensor([k], self.n_channels), PackedTensor([v], self.n_channels)))
+        self.append_block(Block(PackedTensor([k], self.n_channels), PackedTensor([v], self.n_channels)))
 
 
 @register_method

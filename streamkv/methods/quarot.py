@@ -58,7 +58,7 @@ class QuaRotLayer(PackedLayer):
             y = rotation.rotate(x, self._rotations(kind, x.device))  # [B, S, C] fp32
             y = clip_to_ratio(y, layout.segment_of, layout.n_segments, ratio)
             parts.append(PackedTensor([encode(y, bits, layout, fused=self.fused)], self.n_channels))
-        self.blocks.append(Block(*parts))
+        self.append_block(Block(*parts))
 
     def _layout(self, device: torch.device) -> ScaleLayout:
         group = self.settings.group_size or self.head_dim

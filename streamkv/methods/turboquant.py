@@ -73,7 +73,7 @@ class TurboQuantLayer(PackedLayer):
         s = self.settings
         k = self._encode(self.shared("keys", lambda: self._plan(keys, s.key_bits, 0)), keys)
         v = self._encode(self.shared("values", lambda: self._plan(values, s.value_bits, 1)), values)
-        self.blocks.append(Block(k, v))
+        self.append_block(Block(k, v))
 
     def _encode(self, plan: _KindPlan, x: torch.Tensor) -> PackedTensor:
         y = rotation.rotate(x, plan.rotations)  # [B, S, C] fp32, each subset rotated within itself

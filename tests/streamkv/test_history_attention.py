@@ -171,3 +171,19 @@ def test_peak_bytes_are_the_dense_paths(tiny_reference):
             out = model(out.logits[:, -1:].argmax(-1), past_key_values=cache)
         peaks.append((cache.peak_bytes, cache.nbytes()))
     assert peaks[0] == peaks[1] and peaks[0][0] >= peaks[0][1] > 0
+
+
+@torch.no_grad()
+def test_decode_tokens_fill_blocks_instead_of_one_block_each(tiny_reference):
+    """Every packed method keeps a long generation's pieces few: the blocks a decode step reads
+    grow with the tokens / chunk_size, not with the tokens generated."""
+    from streamkv import preset
+
+    model = compressed(tiny_reference)
+    for name in ("none", "streamkv-4", "kivi-4", "int8", "quarot-4", "turboquant-4"):
+        cache = model.new_cache(preset(name, chunk_size=16))
+        out = model(torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(7)), past_key_values=cache)
+        for _ in range(40):
+            out = model(out.logits[:, -1:].argmax(-1), past_key_values=cache)
+        pieces = len(cache.layers[0]._pieces(cache.layers[0].length))
+        assert pieces <= 72 // 16 + 3, (name, pieces)
