@@ -44,18 +44,16 @@ def _hf_quanto(model_config):
     return preset("hf-quanto-4").new_cache(model_config)
 
 
-def _cache_bytes(cache) -> int | None:
-    """Bytes the cache holds (None for quanto's tensor subclasses, which hide theirs)."""
+def _cache_bytes(cache, model_config) -> int | None:
+    """Bytes the cache holds: streamkv's own count, the HF baseline's measurement for quanto's
+    QuantizedCache (its codes live outside `keys`/`values`), else the plain tensors."""
     if hasattr(cache, "nbytes"):
         return cache.nbytes()
-    total = 0
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if type(t) is not torch.Tensor:
-                return None
-            total += t.nbytes
-    return total
+    from transformers.cache_utils import QuantizedCache
+
+    if isinstance(cache, QuantizedCache):
+        return preset("hf-quanto-4").stats(cache, model_config).kv_bytes
+    return sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
 
 
 def sync(device: str) -> None:
@@ -86,7 +84,7 @@ def run_row(model, ids: torch.Tensor, row: str, steps: int, window: int, chunk: 
     out = forward(ids, cache)
     sync(device)
     prefill = time.perf_counter() - t0
-    nbytes = _cache_bytes(cache)
+    nbytes = _cache_bytes(cache, model.config)
     token = out.logits[:, -1:].argmax(-1)
     times = []
     for _ in range(steps):

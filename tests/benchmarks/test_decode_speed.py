@@ -30,3 +30,5 @@ def test_prints_every_row_with_ratios(decode_speed, capsys, one_thread_module):
     mb = {name: float(r[5]) for name, r in rows.items() if r[5] != "-"}
     assert mb["streamkv-4"] < mb["none"] < mb["dynamic"]  # 4-bit < 16-bit < the fp32 plain cache
     assert mb["streamkv-4/dense"] == mb["streamkv-4"]  # the read path changes no stored byte
+    if "hf-quanto-4" in rows:  # its codes live outside keys/values: measured by the HF baseline
+        assert 0 < mb["hf-quanto-4"] <= mb["dynamic"]  # 64 tokens: inside its 128-token residual
