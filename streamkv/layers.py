@@ -51,8 +51,9 @@ class Step:
     cos: torch.Tensor | None = None  # [B, S, D] of the current chunk (None: no RoPE known)
     sin: torch.Tensor | None = None
     history_rope: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None
-    # The model attends through `PackedLayer.attend` (streamkv's attention): `update` stores the
-    # chunk and returns it alone instead of the whole history.
+    # The model attends through `PackedLayer.attend` (streamkv's attention): `update` returns the
+    # step's own tokens instead of the whole history, and the chunk is stored by `update` (strict
+    # protocol) or by `attend` after it has read the history (otherwise).
     blockwise: bool = False
 
 
