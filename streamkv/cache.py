@@ -51,6 +51,7 @@ class CompressedCache(Cache):
         self.positions: torch.Tensor | None = None  # [B, T] int32, pre-RoPE methods only
         self.step = Step()
         self.peak_bytes = 0
+        self.history_reads: dict[str, int] = {}  # forward steps by read path (layer 0), for the stats
 
     @property
     def needs_positions(self) -> bool:
@@ -85,6 +86,10 @@ class CompressedCache(Cache):
                *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.layers[layer_idx]
         keys, values = layer.update(key_states, value_states, self.step)
+        if layer_idx == 0:
+            blockwise = hasattr(layer, "attends_blockwise") and layer.attends_blockwise(self.step, key_states.shape[-2])
+            path = "blockwise" if blockwise else "dense"
+            self.history_reads[path] = self.history_reads.get(path, 0) + 1
         if getattr(layer, "unwritten", None) is None:  # else stored (and measured) by `attend`
             self._measure_peak(layer_idx)
         return keys, values
@@ -117,3 +122,4 @@ class CompressedCache(Cache):
         for layer in self.layers:
             layer.reset()
         self.positions, self.step, self.peak_bytes = None, Step(), 0
+        self.history_reads = {}

@@ -32,6 +32,9 @@ class CompressionStats(Mapping):
     per_layer: list[dict] = field(default_factory=list)  # outlier channels per layer and head
     # Why a figure is None (a cache whose storage is not made of tensors we can see).
     kv_bytes_note: str = ""
+    # How the layers read their history, counted over the cache's forward steps (layer 0):
+    # e.g. "dense x4, blockwise x16" (streamkv.layers: prefill chunks dense, decode blockwise).
+    history_reads: str = ""
 
     # --- the mapping view ----------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -84,6 +87,7 @@ def compression_stats(cache) -> CompressionStats:
         compression_ratio=fp16 / kv_bytes if kv_bytes else 0.0,
         peak_kv_bytes=cache.peak_bytes,
         per_layer=per_layer,
+        history_reads=", ".join(f"{path} x{n}" for path, n in cache.history_reads.items()),
     )
 
 

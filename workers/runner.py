@@ -151,6 +151,7 @@ class _Totals:
     peak_kv_bytes: int = 0
     rows: list[SampleRow] = field(default_factory=list)
     kv_notes: set[str] = field(default_factory=set)
+    history_reads: set[str] = field(default_factory=set)
 
 
 def _warm_up(loaded, plan: _Plan) -> None:
@@ -268,6 +269,8 @@ def _record_stats(totals: _Totals, scalars: dict[str, Any], stats, sample_id: st
     totals.peak_kv_bytes = max(totals.peak_kv_bytes, int(peak))
     if scalars.get("kv_bytes_note"):
         totals.kv_notes.add(scalars["kv_bytes_note"])
+    if scalars.get("history_reads"):
+        totals.history_reads.update(path.split(" x")[0] for path in scalars["history_reads"].split(", "))
     if stats is not None:
         traces.add(sample_id, stats)
 
@@ -339,6 +342,8 @@ def run_unit(loaded, unit: WorkUnit, progress: ProgressFn | None = None) -> Unit
     env["peak_memory"] = memory.source
     if totals.kv_notes:
         env["kv_bytes_note"] = "; ".join(sorted(totals.kv_notes))
+    if totals.history_reads:  # which read paths the unit's forward steps took (streamkv.layers)
+        env["history_reads"] = ", ".join(sorted(totals.history_reads))
 
     metrics: dict[str, float] = {}
     n = len(totals.rows)

@@ -187,3 +187,18 @@ def test_decode_tokens_fill_blocks_instead_of_one_block_each(tiny_reference):
             out = model(out.logits[:, -1:].argmax(-1), past_key_values=cache)
         pieces = len(cache.layers[0]._pieces(cache.layers[0].length))
         assert pieces <= 72 // 16 + 3, (name, pieces)
+
+
+@torch.no_grad()
+def test_the_stats_say_which_read_path_each_step_took(tiny_reference):
+    from streamkv import preset
+
+    model = compressed(tiny_reference)
+    method = preset("streamkv-4", chunk_size=32)
+    model.generate(torch.randint(0, 256, (1, 70), generator=torch.Generator().manual_seed(8)), max_new_tokens=4,
+                   do_sample=False, pad_token_id=0, compression_config=method)
+    # chunks of 32, 32 and 6 tokens (6 <= blockwise_queries: read blockwise), then 3 decode steps
+    assert model.get_compression_stats().history_reads == "dense x2, blockwise x4"
+    dense = CompressedCache(method, model.config, model.model.rotary_emb, attention_window=0)
+    model(torch.zeros(1, 40, dtype=torch.long), past_key_values=dense)
+    assert model.get_compression_stats(dense).history_reads == "dense x2"

@@ -79,6 +79,8 @@ def check_result(result: UnitResult, u: WorkUnit, n: int) -> None:
     for name in ENV_FIELDS:
         assert name in result.environment, name
     assert result.environment["model_id"] == "tiny-llama-test"
+    # the read paths the unit's forward steps took: dense prefill chunks, blockwise decode steps
+    assert set(result.environment["history_reads"].split(", ")) <= {"dense", "blockwise"}
     assert set(result.environment["versions"]) >= {"torch", "transformers", "streamkv", "python"}
     assert len(result.environment["dataset_sha256"]) == 64
     assert set(result.traces) == {"outlier_channels", "layer_summary"}
