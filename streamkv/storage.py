@@ -92,18 +92,19 @@ class PackedPart:
             return
         write_at_channels(out, start, self.decode(out.dtype), self.channels)
 
-    def join(self, other: PackedPart) -> bool:
-        """Appends the tokens of `other` (same channels and layout, each token coded on its own:
-        16-bit or per-token scales without a log-scale reference) and says whether it could."""
+    def joinable(self, other) -> bool:
+        """Whether `join` can take other's tokens as they are: same channels and layout, each
+        token coded on its own (16-bit, or per-token scales without a log-scale reference)."""
         lay = self.layout
-        if (other.bits != self.bits or other.channels is not self.channels or other.layout is not lay
-                or not (self.bits == 16 or (lay.token_group == 1 and not lay.log_scale))):
-            return False
+        return (isinstance(other, PackedPart) and other.bits == self.bits and other.channels is self.channels
+                and other.layout is lay and (self.bits == 16 or (lay.token_group == 1 and not lay.log_scale)))
+
+    def join(self, other: PackedPart) -> None:
+        """Appends the tokens of `other` (`joinable` must hold)."""
         self.data = torch.cat([self.data, other.data], dim=1)
         if self.bits != 16:
             self.scale = torch.cat([self.scale, other.scale], dim=1)
             self.lo = None if self.lo is None else torch.cat([self.lo, other.lo], dim=1)
-        return True
 
     def extend(self, x: torch.Tensor) -> None:
         """Appends tokens x [B, t, c]: per-token scales are computed for them, a part-wide
@@ -276,14 +277,15 @@ class CodebookPart:
         there is no fused kernel for codebook parts, `fused` is accepted and ignored)."""
         write_at_channels(out, start, self.decode(out.dtype), self.channels)
 
-    def join(self, other: CodebookPart) -> bool:
-        """Appends the tokens of `other` (same codebook and channels); says whether it could."""
-        if (not isinstance(other, CodebookPart) or other.levels is not self.levels
-                or other.channels is not self.channels or other.bits != self.bits):
-            return False
+    def joinable(self, other) -> bool:
+        """Whether `join` can take other's tokens as they are (same codebook and channels)."""
+        return (isinstance(other, CodebookPart) and other.levels is self.levels
+                and other.channels is self.channels and other.bits == self.bits)
+
+    def join(self, other: CodebookPart) -> None:
+        """Appends the tokens of `other` (`joinable` must hold; each token is coded on its own)."""
         self.data = torch.cat([self.data, other.data], dim=1)
         self.norm = torch.cat([self.norm, other.norm], dim=1)
-        return True
 
     def extend(self, x: torch.Tensor) -> None:
         """Appends tokens x [B, t, c] (each token is coded on its own, so this is exact)."""
@@ -336,14 +338,15 @@ class PackedTensor:
 
     def joinable(self, other: PackedTensor) -> bool:
         """Whether every part can take the tokens of `other`'s matching part as they are."""
-        return len(self.parts) == len(other.parts) and all(_joinable(a, b) for a, b in zip(self.parts, other.parts))
+        return len(self.parts) == len(other.parts) and all(a.joinable(b) for a, b in zip(self.parts, other.parts))
 
     def join(self, other: PackedTensor) -> None:
-        """Appends the tokens of `other` part by part (`joinable` must hold)."""
+        """Appends the tokens of `other` part by part."""
+        if not self.joinable(other):
+            raise ValueError("join() of parts that are not joinable")
         self._sizes = None
         for a, b in zip(self.parts, other.parts):
-            if not a.join(b):
-                raise ValueError("join() of parts that are not joinable")
+            a.join(b)
 
     def extend(self, x: torch.Tensor) -> None:
         """x [B, t, C]: appends tokens to every part (its own channels)."""
@@ -366,15 +369,6 @@ class PackedTensor:
         """Token x channel elements stored at `high_bits` in a part that is not all channels."""
         return sum(p.length * p.n_channels for p in self.parts
                    if p.bits == high_bits and p.channels is not None)
-
-
-def _joinable(a, b) -> bool:
-    """Whether part a.join(b) would succeed (the same test, without changing anything)."""
-    if type(a) is not type(b) or a.bits != b.bits or a.channels is not b.channels:
-        return False
-    if isinstance(a, CodebookPart):
-        return a.levels is b.levels
-    return a.layout is b.layout and (a.bits == 16 or (a.layout.token_group == 1 and not a.layout.log_scale))
 
 
 def storage_sizes(tensors: list[torch.Tensor]) -> dict[tuple[str, int], int]:
