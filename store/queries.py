@@ -35,6 +35,7 @@ from .repository import (
     units_t,
 )
 from .entities import UNIT_STATUSES
+from .intervals import DEFAULT_RESAMPLES, bootstrap_interval
 from .schema import UtcDateTime, v_task_scores, v_unit_results
 
 FilterValues = Any  # a scalar or an iterable of allowed values (None matches NULL)
@@ -291,13 +292,66 @@ def result_frame(engine: Engine, sweep_id: FilterValues = None, models: FilterVa
 
 def baseline_deltas(engine: Engine, sweep_id: FilterValues = None, models: FilterValues = None,
                     tasks: FilterValues = None, methods: FilterValues = None,
-                    filters: Mapping[str, FilterValues] | None = None) -> pd.DataFrame:
+                    filters: Mapping[str, FilterValues] | None = None, *, pooled: bool = True) -> pd.DataFrame:
     """Rows of v_task_scores: per sweep x model x config x task, shards aggregated (weighted by
     n_samples), with baseline_score and score_delta against method='none', and one column
-    per config field; `filters` as in `result_frame`."""
-    return _view_frame(engine, v_task_scores, TASK_SCORE_FILTER_COLUMNS,
-                       {**_common(sweep_id, models, tasks, methods), **(filters or {})},
-                       ("sweep_id", "model_id", "task", "config_id"))
+    per config field; `filters` as in `result_frame`. With `pooled`, the interval of a task run
+    as several shards (NULL in the view) is the one of its pooled samples (`pooled_intervals`)."""
+    frame = _view_frame(engine, v_task_scores, TASK_SCORE_FILTER_COLUMNS,
+                        {**_common(sweep_id, models, tasks, methods), **(filters or {})},
+                        ("sweep_id", "model_id", "task", "config_id"))
+    if not pooled or frame.empty or not (frame["n_shards"] > 1).any():
+        return frame
+    keys = ["sweep_id", "model_id", "config_id", "task"]
+    found = pooled_intervals(engine, frame.loc[frame["n_shards"] > 1, keys])
+    if found.empty:
+        return frame
+    merged = frame.merge(found, on=keys, how="left", suffixes=("", "_pooled"))
+    for bound in ("score_ci_low", "score_ci_high"):
+        merged[bound] = merged[bound].fillna(merged.pop(f"{bound}_pooled"))
+    return merged
+
+
+def pooled_intervals(engine: Engine, groups: pd.DataFrame, *,
+                     n_resamples: int = DEFAULT_RESAMPLES) -> pd.DataFrame:
+    """The 95 % bootstrap interval of each (sweep_id, model_id, config_id, task) of `groups`
+    over the samples of all its finished shards pooled, the interval a single unit holding all
+    those samples would get (`store.intervals`, x 100 like the score).
+
+    Shard intervals do not combine, so the samples are re-read: in shard order, then sample id
+    (the bootstrap's draws depend on the order), seeded by the units' seed (`environment`, 0
+    when absent). A group gets no interval (left out) unless every one of its finished units
+    has a per-sample score for each of its n_samples samples, so the pooled mean is the task
+    score the view reports. Columns: the four keys, n_pooled, score_ci_low, score_ci_high."""
+    keys = ["sweep_id", "model_id", "config_id", "task"]
+    columns = [*keys, "n_pooled", "score_ci_low", "score_ci_high"]
+    if groups.empty:
+        return pd.DataFrame(columns=columns)
+    stmt = (select(units_t.c.unit_id, *(units_t.c[k] for k in keys), units_t.c.shard,
+                   summaries_t.c.n_samples, summaries_t.c.environment, samples_t.c.sample_id, samples_t.c.score)
+            .join(summaries_t, summaries_t.c.unit_id == units_t.c.unit_id)
+            .join(samples_t, samples_t.c.unit_id == units_t.c.unit_id)
+            .where(units_t.c.status == "done", units_t.c.sweep_id.in_(sorted(set(groups["sweep_id"]))),
+                   units_t.c.task.in_(sorted(set(groups["task"])))))
+    with read_connection(engine) as conn:
+        rows = pd.DataFrame(conn.execute(stmt).all(),
+                            columns=["unit_id", *keys, "shard", "n_samples", "environment", "sample_id", "score"])
+    wanted = set(map(tuple, groups[keys].itertuples(index=False)))
+    out = []
+    for key, group in rows.groupby(keys, sort=True):
+        if key not in wanted:
+            continue
+        per_unit = group.groupby("unit_id").agg(n=("n_samples", "first"), scored=("score", "count"))
+        if (per_unit["n"] != per_unit["scored"]).any():
+            continue  # a unit without per-sample scores (or with missing ones): no pooled figure
+        group = group.assign(shard_index=group["shard"].map(lambda s: int(str(s).split("/")[0])))
+        group = group.sort_values(["shard_index", "sample_id"])
+        env = group["environment"].iloc[0]
+        env = json.loads(env) if isinstance(env, str) else (env or {})
+        seed = int(env.get("seed", 0) or 0)
+        ci = bootstrap_interval([float(v) for v in group["score"]], n_resamples=n_resamples, seed=seed)
+        out.append((*key, ci.n, 100.0 * ci.low, 100.0 * ci.high))
+    return pd.DataFrame(out, columns=columns)
 
 
 def metric_frame(engine: Engine, sweep_id: str, metrics: FilterValues = None) -> pd.DataFrame:

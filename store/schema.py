@@ -37,7 +37,7 @@ units          one row per unit of work = (sweep_id, model_id, config_id, task, 
 unit_summaries one row per finished unit (unit_id PK, FK units).
   method, n_samples, score, perplexity, kl, top1_agreement (copies of the metrics of the same
   name, NULL if not measured), score_ci_low, score_ci_high (the 95 % bootstrap interval of
-  score over the unit's n_samples samples, `workers.intervals`; NULL in rows written before
+  score over the unit's n_samples samples, `store.intervals`; NULL in rows written before
   migration 0004 and for units without a score), avg_key_bits, avg_value_bits (average stored bits per element),
   kv_bytes (measured bytes of the compressed cache), fp16_kv_bytes (same cache in fp16),
   compression_ratio (fp16_kv_bytes / kv_bytes), outlier_ratio (share of outlier channels),
@@ -60,7 +60,8 @@ v_task_scores (per sweep x model x config x task, aggregated over shards weighte
 n_samples, same config columns, with baseline_score / score_delta against the method='none'
 configs of the same sweep, model and task, whatever their chunk_size; score_ci_low /
 score_ci_high are the single shard's interval when the task ran as one shard, NULL for several
-shards: shard intervals do not combine; one over shards needs their samples pooled).
+shards: shard intervals do not combine; `store.queries.pooled_intervals` computes the one of
+their samples pooled, and `baseline_deltas` fills it in).
 """
 
 from __future__ import annotations

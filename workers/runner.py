@@ -57,7 +57,7 @@ from streamkv.methods import Method
 from workers import fidelity as fid
 from workers.environment import device_name, environment
 from workers.generation import generate_sample
-from workers.intervals import DEFAULT_RESAMPLES, bootstrap_interval
+from store.intervals import DEFAULT_RESAMPLES, bootstrap_interval
 from workers.metrics import aggregate, score_sample
 from workers.perplexity import load_text, token_windows
 from workers.prompts import prepare_input
@@ -283,7 +283,7 @@ def _mean(values: list) -> float | None:
 
 def score_interval_metrics(scores: list[float], seed: int,
                            n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, float]:
-    """score_ci_low / score_ci_high: the 95 % bootstrap interval (`workers.intervals`) of the
+    """score_ci_low / score_ci_high: the 95 % bootstrap interval (`store.intervals`) of the
     unit's score (x 100, like the score), over its per-sample scores, seeded by the unit's seed."""
     ci = bootstrap_interval(scores, n_resamples=n_resamples, seed=seed)
     return {"score_ci_low": 100.0 * ci.low, "score_ci_high": 100.0 * ci.high}

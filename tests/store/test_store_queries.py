@@ -160,3 +160,34 @@ def test_a_row_pointing_outside_the_blob_root_is_refused(engine, blobs, filled, 
             row_count=0, schema_json="[]", created_at=datetime.now(timezone.utc)))
     with pytest.raises(UnsafeBlobPathError):
         queries.load_trace(engine, blobs, key, "evil")
+
+
+def test_a_task_run_as_several_shards_gets_the_interval_of_its_pooled_samples(engine, blobs, filled, make_result):
+    from dataclasses import replace
+
+    from store.intervals import bootstrap_interval
+
+    # make_result's samples score i % 2: shards of (m, none, qa) hold [0, 1] and [0, 1];
+    # (m, streamkv-2, qa): [0] and [0, 1, 0]
+    rows = queries.baseline_deltas(engine, sweep_id="hand").set_index(["model_id", "config_id", "task"])
+    for name, pooled in ((NONE, [0, 1, 0, 1]), (SKV2, [0, 0, 1, 0])):
+        ci = bootstrap_interval([float(v) for v in pooled], seed=0)  # the units' seed
+        row = rows.loc[("m", cid(CONFIGS[name]), "qa")]
+        assert row["n_shards"] == 2 and ci.high > ci.low
+        assert (row["score_ci_low"], row["score_ci_high"]) == pytest.approx((100 * ci.low, 100 * ci.high))
+    # one shard: the view's own interval (none was computed for these hand-built rows), untouched
+    assert math.isnan(rows.loc[("m", cid(CONFIGS[SKV4]), "qa"), "score_ci_low"])
+    # the view itself (and pooled=False) leaves several shards NULL: shard intervals do not combine
+    plain = queries.baseline_deltas(engine, sweep_id="hand", pooled=False)
+    assert plain.loc[plain["n_shards"] > 1, "score_ci_low"].isna().all()
+
+    # a shard without per-sample scores: the pooled mean would not be the task score, so no interval
+    keys = [UnitKey("unscored", "m", cid(CONFIGS[NONE]), "qa", f"{i}/2") for i in range(2)]
+    register_sweep(engine, "unscored", "unscored", {}, keys, [CONFIGS[NONE]])
+    for i, key in enumerate(keys):
+        result = make_result(key, CONFIGS[NONE], n_samples=3)
+        if i == 1:
+            result = replace(result, samples=[replace(s, score=None) for s in result.samples])
+        write_unit_result(engine, blobs, result)
+    unscored = queries.baseline_deltas(engine, sweep_id="unscored")
+    assert unscored["n_shards"].tolist() == [2] and unscored["score_ci_low"].isna().all()

@@ -16,7 +16,7 @@ from streamkv.loading import LoadedModel
 from tests.conftest import tiny_llama_config
 from workers.actor import UnitWorker
 from workers.data import file_sha256
-from workers.intervals import bootstrap_interval
+from store.intervals import bootstrap_interval
 
 from workers.run_unit import format_result
 from workers.run_unit import main as run_unit_main
@@ -99,7 +99,7 @@ def check_task_scores(result: UnitResult) -> None:
     scores = [s.score for s in result.samples]
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert result.metrics["score"] == pytest.approx(100 * sum(scores) / len(scores))
-    # the seeded bootstrap interval of the score over the samples (workers.intervals)
+    # the seeded bootstrap interval of the score over the samples (store.intervals)
     ci = bootstrap_interval(scores, seed=result.environment["seed"])
     assert (result.metrics["score_ci_low"], result.metrics["score_ci_high"]) == pytest.approx(
         (100 * ci.low, 100 * ci.high))

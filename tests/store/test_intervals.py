@@ -1,4 +1,4 @@
-"""workers.intervals: the seeded percentile bootstrap of a mean score."""
+"""store.intervals: the seeded percentile bootstrap of a mean score."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from workers.intervals import Interval, bootstrap_interval
+from store.intervals import Interval, bootstrap_interval
 
 
 def test_same_seed_same_bounds_other_seed_other_bounds():
