@@ -121,16 +121,22 @@ def start_actors(spec: SearchSpec, *, verbose: bool):
     return workers, ray.remote(num_cpus=0)(Dispatcher).remote(workers)
 
 
-def _searcher(spec: SearchSpec):
+def _searcher(spec: SearchSpec, n_layers: int):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True)
+    from .tune_trials import start_points
+
+    sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True,
+                                         n_startup_trials=spec.search.n_startup_trials)
+    # The start points are enqueued Optuna trials: run first, and they count among the startup ones.
+    start = start_points(spec, n_layers) or None
     if spec.multi_objective:
-        search = OptunaSearch(metric=["objective", "avg_bits"], mode=["min", "min"], sampler=sampler)
+        search = OptunaSearch(metric=["objective", "avg_bits"], mode=["min", "min"], sampler=sampler,
+                              points_to_evaluate=start)
     else:
-        search = OptunaSearch(metric="objective", mode="min", sampler=sampler)
+        search = OptunaSearch(metric="objective", mode="min", sampler=sampler, points_to_evaluate=start)
     return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
 
 
@@ -183,7 +189,7 @@ def run_tuner(spec: SearchSpec, ctx, n_layers: int, *, verbose: bool):
                                   reduction_factor=spec.search.reduction_factor)
     tuner = tune.Tuner(
         _trainable(ctx), param_space=param_space(spec, n_layers),
-        tune_config=tune.TuneConfig(search_alg=_searcher(spec), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=_searcher(spec, n_layers), scheduler=scheduler,
                                     num_samples=spec.search.num_samples, max_concurrent_trials=spec.max_concurrent),
         run_config=tune.RunConfig(name=ctx.search_id, storage_path=spec.resolved_storage,
                                   verbose=1 if verbose else 0, callbacks=[_Lines(spec.objective)],

@@ -25,6 +25,9 @@ Every problem of a file is reported at once with its path, before anything runs:
     multi_objective: false              # true: Pareto search over (objective, measured bits)
     constraint: {max_avg_bits: 3.0}     # measured (K+V mean) bits, or max_cache_bytes: N
     search: {num_samples: 64, max_concurrent: null, seed: 0,
+             n_startup_trials: 10,                           # Optuna TPE's random first trials
+             start: [{chunk_size: 128, ema_decay: 0.9,      # points tried first, each with a
+                      attention_sink_size: 4, layer_key_bits: 2}],  # value for every searched field
              asha: {grace_period: 1, reduction_factor: 2}}   # asha: null = no early stopping
     resources: {num_actors: 2, num_cpus_per_actor: 1, num_gpus_per_actor: auto}
     store: {url: ..., blobs: ...}
@@ -93,6 +96,12 @@ class SearchSettings:
     seed: int = 0
     grace_period: int | None = 1  # None: no ASHA
     reduction_factor: int = 2
+    # Optuna's TPE samples this many trials at random before it models the good ones.
+    n_startup_trials: int = 10
+    # Points tried first (Ray's points_to_evaluate, enqueued Optuna trials): field -> value for
+    # every searched field; a per-layer field takes one value for every group or one per group.
+    # A researcher's prior (e.g. the cheapest uniform config) saves trials a budget rules out.
+    start: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -311,7 +320,8 @@ def _parse_search(problems: _Problems, search: Any) -> SearchSettings:
     if not isinstance(search, Mapping):
         problems.add("search", "must be a mapping (num_samples:, max_concurrent:, seed:, asha:)")
         return SearchSettings()
-    _unknown(problems, "search", search, {"num_samples", "max_concurrent", "seed", "asha"})
+    _unknown(problems, "search", search, {"num_samples", "max_concurrent", "seed", "asha", "n_startup_trials",
+                                          "start"})
     kw: dict[str, Any] = {}
     if "num_samples" in search:
         kw["num_samples"] = _positive_int(problems, "search.num_samples", search["num_samples"])
@@ -322,6 +332,14 @@ def _parse_search(problems: _Problems, search: Any) -> SearchSettings:
                                              optional=True)
     if "seed" in search:
         kw["seed"] = _positive_int(problems, "search.seed", search["seed"], 0)
+    if "n_startup_trials" in search:
+        kw["n_startup_trials"] = _positive_int(problems, "search.n_startup_trials", search["n_startup_trials"], 0)
+    if "start" in search:
+        start = search["start"]
+        if not isinstance(start, (list, tuple)) or not all(isinstance(p, Mapping) for p in start):
+            problems.add("search.start", f"{start!r} must be a list of mappings (field -> value)")
+        else:
+            kw["start"] = tuple(dict(p) for p in start)
     asha = search.get("asha", {})
     if asha is None:
         kw["grace_period"] = None
@@ -447,6 +465,7 @@ def parse_search_spec(data: Any, *, source: str = "spec", default_name: str = "s
         if d.kind == "per_layer" and high is not None and not searched_high and max(d.values) > high:
             problems.add(f"space.{d.field}.per_layer", f"{max(d.values)} > base {kind}_bits_sink_outlier={high} "
                                                        "(protected tokens/channels never get fewer bits)")
+    _start_problems(problems, search.start, space)
     if max_bits is not None and cls is not None:
         floor = min_avg_bits(base, space, dspec.context_length)
         if floor is not None and max_bits < floor:
@@ -459,6 +478,36 @@ def parse_search_spec(data: Any, *, source: str = "spec", default_name: str = "s
                       store=StoreSpec(url=store.get("url"), blobs=store.get("blobs")),
                       storage=data.get("storage"), dtype=data.get("dtype", "float32"),
                       device=data.get("device", "auto"), search_id=data.get("search_id"), raw=dict(data))
+
+
+def _start_problems(problems: _Problems, start: tuple[dict[str, Any], ...], space: tuple[Dimension, ...]) -> None:
+    """Each start point gives every searched field (Ray's warm start takes whole points only)
+    and no other, with values its dimension allows."""
+    dims = {d.field: d for d in space}
+    for i, point in enumerate(start):
+        missing = [name for name in dims if name not in point]
+        if missing:
+            problems.add(f"search.start[{i}]", f"missing {', '.join(missing)} (a start point gives every searched field)")
+        for name, value in point.items():
+            path = f"search.start[{i}].{name}"
+            d = dims.get(name)
+            if d is None:
+                problems.add(path, f"not a searched field (allowed: {', '.join(dims)})")
+            elif d.kind == "per_layer":
+                values = value if isinstance(value, (list, tuple)) else [value]
+                bad = [v for v in values if v not in d.values]
+                if bad or not values:
+                    problems.add(path, f"{value!r} is out of range (allowed: one of {list(d.values)} or a list of them)")
+                elif isinstance(value, (list, tuple)) and d.groups is not None and len(value) != d.groups:
+                    problems.add(path, f"{len(value)} values for {d.groups} groups (allowed: one value or {d.groups})")
+            elif d.kind == "choice":
+                if value not in d.values:
+                    problems.add(path, f"{value!r} is out of range (allowed: one of {list(d.values)})")
+            else:
+                low, high = d.values
+                ok = _is_int(value) if d.kind == "int" else _is_num(value)
+                if not ok or not low <= value <= high:
+                    problems.add(path, f"{value!r} is out of range (allowed: {d.kind} in [{low}, {high}])")
 
 
 def _unmeetable(budget: float, floor: float, unit: str) -> str:
@@ -477,6 +526,11 @@ def model_problems(spec: SearchSpec, model_config) -> list[str]:
     for d in spec.space:
         if d.kind == "per_layer" and d.groups is not None and d.groups > n_layers:
             problems.append(f"space.{d.field}.groups: {d.groups} > the model's num_hidden_layers={n_layers}")
+        for i, point in enumerate(spec.search.start):
+            value = point.get(d.field)
+            if d.kind == "per_layer" and d.groups is None and isinstance(value, (list, tuple)) and len(value) != n_layers:
+                problems.append(f"search.start[{i}].{d.field}: {len(value)} values for the model's "
+                                f"{n_layers} layers (allowed: one value or {n_layers})")
     try:
         problems += [f"base.{p.field}: {p.message}" for p in spec.method(**spec.base).model_problems(model_config)]
     except ValueError as err:  # cross-field problems of the base alone

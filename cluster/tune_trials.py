@@ -54,6 +54,23 @@ def param_space(spec: SearchSpec, n_layers: int) -> dict[str, Any]:
     return space
 
 
+def start_points(spec: SearchSpec, n_layers: int) -> list[dict[str, Any]]:
+    """`search.start` as Tune parameters (a per-layer field's value spread over its groups)."""
+    points = []
+    for point in spec.search.start:
+        params: dict[str, Any] = {}
+        for d in spec.space:
+            if d.kind == "per_layer":
+                names = group_params(d, n_layers)
+                value = point[d.field]
+                values = list(value) if isinstance(value, (list, tuple)) else [value] * len(names)
+                params.update(zip(names, values))
+            else:
+                params[d.field] = point[d.field]
+        points.append(params)
+    return points
+
+
 def trial_settings(spec: SearchSpec, params: dict[str, Any], n_layers: int) -> dict[str, Any]:
     """The full settings mapping of a trial: the base, with the sampled values."""
     settings = dict(spec.base)

@@ -1,6 +1,7 @@
 """`streamkv tune` end to end on the tiny random model: the driver is killed mid-search, the
 same command resumes and completes, the store holds each trial's units once, a trial whose
-settings the method refuses errors without stopping the search, and the chosen config is
+settings the method refuses errors without stopping the search, a start point is tried as
+given, and the chosen config is
 checked on held-apart shards and printed as a YAML block. Slow (a local Ray, twice)."""
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ SPEC = {
              "search_shards": [0, 1, 2], "holdout_shards": [3, 4]},
     "objective": "kl",
     "constraint": {"max_avg_bits": 7.0},  # tiny heads: scales cost ~2 bits at 128 tokens
-    "search": {"num_samples": 6, "seed": 1, "asha": None},
+    # a start point is tried as given (no uniform sample lands on exactly 0.777)
+    "search": {"num_samples": 6, "seed": 1, "asha": None,
+               "start": [{"key_bits_normal": 3, "ema_decay": 0.777, "layer_value_bits": [8, 2]}]},
     "resources": {"num_actors": 2, "num_cpus_per_actor": 0.5},
 }
 
@@ -91,3 +94,5 @@ def test_killed_search_resumes_and_stores_each_trial_once(tmp_path):
     assert method_from_dict(point).config_id == chosen[0].config_id
     assert chosen[0].config["key_bits_normal"] == 3  # 16-bit trials were refused, never stored
     assert all(t.config.get("key_bits_normal") != 16 for t in found)
+    started = [t for t in found if t.config.get("ema_decay") == 0.777]
+    assert len(started) == 1 and started[0].config["layer_value_bits"] == [8, 2] and started[0].complete

@@ -7,7 +7,7 @@ import pytest
 
 from cluster.spec import SpecError
 from cluster.tune_spec import min_avg_bits, model_problems, parse_search_spec
-from cluster.tune_trials import group_params, trial_config, trial_settings
+from cluster.tune_trials import group_params, start_points, trial_config, trial_settings
 from streamkv.loading import model_config
 
 GOOD = {
@@ -98,3 +98,42 @@ def test_trial_parameters_become_a_config_with_bits_per_layer_group():
     config = trial_config(spec, params, n_layers=5)
     assert config.chunk_size == 64 and config.ema_decay == 0.7 and config.attention_sink_size == 3
     assert config.value_quant_groups == 4  # from the base
+
+
+def test_start_points_become_tune_parameters_and_bad_ones_are_listed():
+    point = {"chunk_size": 64, "ema_decay": 0.5, "attention_sink_size": 8, "layer_value_bits": [4]}
+    spec = parse_search_spec({**GOOD, "search": {"n_startup_trials": 4, "start": [
+        {**point, "layer_key_bits": 2},                       # one value: every group
+        {**point, "layer_key_bits": [2, 3, 8]}]}})             # one per group (a group per layer)
+    assert spec.search.n_startup_trials == 4
+    points = start_points(spec, n_layers=3)
+    assert points[0] == {"chunk_size": 64, "ema_decay": 0.5, "attention_sink_size": 8, "layer_value_bits.g0": 4,
+                         "layer_key_bits.g0": 2, "layer_key_bits.g1": 2, "layer_key_bits.g2": 2}
+    assert [points[1][f"layer_key_bits.g{j}"] for j in range(3)] == [2, 3, 8]
+    # a start point's parameters are a trial's: they make a config
+    assert trial_config(spec, points[1], n_layers=3).layer_key_bits == (2, 3, 8)
+
+    found = problems_of({**GOOD, "search": {"n_startup_trials": -1, "start": [
+        {"bogus": 1, "chunk_size": 48, "ema_decay": 1.5, "attention_sink_size": 2.5, "layer_key_bits": 2,
+         "layer_value_bits": 2},
+        {**point, "layer_key_bits": [2, 5], "layer_value_bits": [2, 4]},
+        {"chunk_size": 32}]}})
+    expected = ["search.n_startup_trials: -1 is out of range",
+                "search.start[0].bogus: not a searched field",
+                "search.start[0].chunk_size: 48 is out of range (allowed: one of [32, 64])",
+                "search.start[0].ema_decay: 1.5 is out of range (allowed: uniform in [0.5, 0.99])",
+                "search.start[0].attention_sink_size: 2.5 is out of range (allowed: int in [0, 8])",
+                "search.start[1].layer_key_bits: [2, 5] is out of range",
+                "search.start[1].layer_value_bits: 2 values for 1 groups",
+                "search.start[2]: missing ema_decay, attention_sink_size, layer_key_bits, layer_value_bits"]
+    for words in expected:
+        assert any(p.startswith(words) for p in found), (words, found)
+    assert len(found) == len(expected)
+    assert problems_of({**GOOD, "search": {"start": {"chunk_size": 32}}}) == [
+        "search.start: {'chunk_size': 32} must be a list of mappings (field -> value)"]
+    # a per-layer list without groups must have one value per layer: known once the model is read
+    spec = parse_search_spec({**GOOD, "search": {"start": [{**point, "layer_key_bits": [2, 2, 2, 2, 2, 2, 2]}]}})
+    n_layers = model_config("tiny-random-llama").num_hidden_layers
+    assert n_layers != 7
+    assert any(p.startswith(f"search.start[0].layer_key_bits: 7 values for the model's {n_layers} layers")
+               for p in model_problems(spec, model_config("tiny-random-llama")))
