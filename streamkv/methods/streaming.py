@@ -38,8 +38,9 @@ _BITS = one_of(*ALLOWED_BITS)
 # Per-layer settings left at None are not written by `to_dict`, so the config_id of every
 # config that does not use them is the one it had before they existed.
 PER_LAYER_FIELDS: tuple[str, ...] = ("layer_key_bits", "layer_value_bits")
+PER_HEAD_FIELDS: tuple[str, ...] = ("head_key_bits", "head_value_bits")
 # Later settings whose default is not written by `to_dict` either, for the same reason.
-OMITTED_AT_DEFAULT: tuple[str, ...] = (*PER_LAYER_FIELDS, "full_precision_tail")
+OMITTED_AT_DEFAULT: tuple[str, ...] = (*PER_LAYER_FIELDS, *PER_HEAD_FIELDS, "full_precision_tail")
 
 
 def _bits_per_layer() -> Check:
@@ -48,6 +49,15 @@ def _bits_per_layer() -> Check:
         return v is None or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_BITS.ok(b) for b in v))
     return Check(ok, f"null (every layer at the normal bits) or a list of {_BITS.allowed}, one per layer",
                  canonical=lambda v: None if v is None else tuple(v))
+
+
+def _bits_per_head() -> Check:
+    """None, or per model layer a list of allowed bit widths, one per KV head."""
+    def ok(v) -> bool:
+        return v is None or (isinstance(v, (list, tuple)) and len(v) > 0 and all(
+            isinstance(row, (list, tuple)) and len(row) > 0 and all(_BITS.ok(b) for b in row) for row in v))
+    return Check(ok, f"null (every head at its layer's bits) or one list per layer of {_BITS.allowed}, one per "
+                     "KV head", canonical=lambda v: None if v is None else tuple(tuple(row) for row in v))
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,14 @@ class PackedLayoutSettings(Method):
         None, _bits_per_layer(), "bits of normal keys per layer (layer i: entry i), instead of key_bits_normal")
     layer_value_bits: tuple[int, ...] | None = setting(
         None, _bits_per_layer(), "bits of normal values per layer, instead of value_bits_normal")
+    # Per KV head: a layer's heads at different bits are stored as one packed part per bit width
+    # (channels of the heads that share it), so a head pays only for its own bits.
+    head_key_bits: tuple[tuple[int, ...], ...] | None = setting(
+        None, _bits_per_head(), "bits of normal keys per layer and KV head (layer i, head h: entry [i][h]), "
+                                "instead of key_bits_normal / layer_key_bits")
+    head_value_bits: tuple[tuple[int, ...], ...] | None = setting(
+        None, _bits_per_head(), "bits of normal values per layer and KV head, instead of value_bits_normal / "
+                                "layer_value_bits")
     full_precision_tail: int | None = setting(
         None, optional(integer(0), "off: chunks quantized as they arrive, decode tokens join an open block"),
         "R: new tokens wait in 16 bits and are quantized a whole chunk_size block at a time once more "
@@ -92,6 +110,14 @@ class PackedLayoutSettings(Method):
                 if over:
                     problems.append(Problem(per_layer, f"layer(s) {over} exceed {high}={valid[high]} "
                                                        "(protected tokens/channels never get fewer bits)", (high,)))
+            per_head = f"head_{kind}_bits"
+            if valid.get(per_head) is not None and valid.get(per_layer) is not None:
+                problems.append(Problem(per_head, f"give {per_layer} or {per_head}, not both", (per_layer,)))
+            if high in valid and valid.get(per_head) is not None:
+                over = [(i, h) for i, row in enumerate(valid[per_head]) for h, b in enumerate(row) if b > valid[high]]
+                if over:
+                    problems.append(Problem(per_head, f"(layer, head) {over} exceed {high}={valid[high]} "
+                                                      "(protected tokens/channels never get fewer bits)", (high,)))
         return problems
 
     def model_problems(self, model_config) -> list[Problem]:
@@ -100,19 +126,33 @@ class PackedLayoutSettings(Method):
         if groups and head_dim % groups:
             problems.append(Problem("value_quant_groups", f"{groups} must divide the model's head_dim={head_dim} "
                                                           f"(allowed: 0 or a divisor of {head_dim})"))
-        return problems + self.layer_count_problems(model_config.num_hidden_layers)
+        n_kv_heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
+        return problems + self.layer_count_problems(model_config.num_hidden_layers, n_kv_heads)
 
-    def layer_count_problems(self, n_layers: int) -> list[Problem]:
-        return [Problem(name, f"has {len(value)} entries; the model has num_hidden_layers={n_layers} "
-                              f"(allowed: exactly {n_layers})")
-                for name in PER_LAYER_FIELDS if (value := getattr(self, name)) is not None
-                and len(value) != n_layers]
+    def layer_count_problems(self, n_layers: int, n_kv_heads: int | None = None) -> list[Problem]:
+        problems = [Problem(name, f"has {len(value)} entries; the model has num_hidden_layers={n_layers} "
+                                  f"(allowed: exactly {n_layers})")
+                    for name in (*PER_LAYER_FIELDS, *PER_HEAD_FIELDS) if (value := getattr(self, name)) is not None
+                    and len(value) != n_layers]
+        for name in PER_HEAD_FIELDS:
+            value = getattr(self, name)
+            if value is None or n_kv_heads is None:
+                continue
+            wrong = [i for i, row in enumerate(value) if len(row) != n_kv_heads]
+            if wrong:
+                problems.append(Problem(name, f"layer(s) {wrong} do not have one entry per KV head (the model has "
+                                              f"num_key_value_heads={n_kv_heads}; allowed: exactly {n_kv_heads})"))
+        return problems
 
-    def normal_bits(self, layer_idx: int) -> tuple[int, int]:
-        """(key, value) bits of the normal tokens/channels of layer `layer_idx`."""
-        k, v = self.layer_key_bits, self.layer_value_bits
-        return (self.key_bits_normal if k is None else k[layer_idx],
-                self.value_bits_normal if v is None else v[layer_idx])
+    def normal_bits(self, layer_idx: int, n_kv_heads: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(key, value) bits of the normal tokens/channels of layer `layer_idx`, per KV head."""
+        def of(kind: str) -> tuple[int, ...]:
+            per_head, per_layer = getattr(self, f"head_{kind}_bits"), getattr(self, f"layer_{kind}_bits")
+            if per_head is not None:
+                return tuple(per_head[layer_idx])
+            bits = getattr(self, f"{kind}_bits_normal") if per_layer is None else per_layer[layer_idx]
+            return (bits,) * n_kv_heads
+        return of("key"), of("value")
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -145,10 +185,12 @@ class StreamingLayer(PackedLayer):
         super().__init__(settings, ctx)
         self.pre_rope = settings.pre_rope_keys
         # A cache built without `check_model` (a hand-made LayerContext) still gets a clear error.
-        wrong = settings.layer_count_problems(ctx.num_layers)
+        wrong = settings.layer_count_problems(ctx.num_layers, ctx.n_kv_heads)
         if wrong:
-            raise InvalidSettings(f"{type(settings).__name__} for a {ctx.num_layers}-layer cache", wrong)
-        self.key_bits, self.value_bits = settings.normal_bits(ctx.layer_idx)
+            raise InvalidSettings(f"{type(settings).__name__} for a {ctx.num_layers}-layer, "
+                                  f"{ctx.n_kv_heads}-KV-head cache", wrong)
+        # per KV head; one value when the heads agree (the common case: one part per kind)
+        self.key_bits, self.value_bits = settings.normal_bits(ctx.layer_idx, ctx.n_kv_heads)
         self.key_stats, self.value_stats = self._new_stats()
         self.open_block: Block | None = None
         self._pending = None  # what prepare() observed of the chunk write() is about to store
@@ -274,13 +316,17 @@ class StreamingLayer(PackedLayer):
                      PackedTensor(value_parts, self.n_channels),
                      meta={"key_outliers": int(k_out.sum()), "value_outliers": int(v_out.sum())})
 
-    def _split(self, x: torch.Tensor, outliers: torch.Tensor, bits: int, high_bits: int,
+    def _split(self, x: torch.Tensor, outliers: torch.Tensor, head_bits: tuple[int, ...], high_bits: int,
                layout_for) -> list[PackedPart]:
-        """Normal channels at `bits`, outlier channels at `high_bits`, each its own part.
+        """Normal channels at their head's bits, outlier channels at `high_bits`, each bit width
+        its own part.
 
-        outliers: bool [C] on the host. layout_for(idx, is_outlier) -> (ScaleLayout, (lo, hi)
-        or None) for the channels idx.
+        outliers: bool [C] on the host. head_bits: the normal bits of each KV head.
+        layout_for(idx, is_outlier) -> (ScaleLayout, (lo, hi) or None) for the channels idx.
         """
+        if len(set(head_bits)) > 1:
+            return self._split_heads(x, outliers, head_bits, high_bits, layout_for)
+        bits = head_bits[0]
         if not bool(outliers.any()) or high_bits == bits:
             layout, given = layout_for(self._index(torch.ones_like(outliers), x.device), False)
             return [encode(x, bits, layout, given_range=given, raw_dtype=raw_dtype(self.dtype),
@@ -293,6 +339,29 @@ class StreamingLayer(PackedLayer):
             layout, given = layout_for(idx, is_outlier)
             parts.append(encode(x.index_select(-1, idx.long()), b, layout, channels=idx,
                                 given_range=given, raw_dtype=raw_dtype(self.dtype), fused=self.fused))
+        return parts
+
+    def _split_heads(self, x: torch.Tensor, outliers: torch.Tensor, head_bits: tuple[int, ...], high_bits: int,
+                     layout_for) -> list[PackedPart]:
+        """Heads at different normal bits: one part per bit width over the normal channels of
+        its heads (an outlier of a head already at `high_bits` stays in that head's part), then
+        the other outliers at `high_bits`."""
+        head_of = torch.arange(self.n_channels) // self.head_dim
+        bits_of = torch.tensor(head_bits)[head_of]  # [C] normal bits of each channel's head
+        spare = outliers & (bits_of != high_bits)  # outliers that need a part of their own
+        parts = []
+        for b in sorted(set(head_bits)):
+            idx = self._index((bits_of == b) & ~spare, x.device)
+            if idx.numel() == 0:
+                continue
+            layout, given = layout_for(idx, False)
+            parts.append(encode(x.index_select(-1, idx.long()), b, layout, channels=idx, given_range=given,
+                                raw_dtype=raw_dtype(self.dtype), fused=self.fused))
+        if bool(spare.any()):
+            idx = self._index(spare, x.device)
+            layout, given = layout_for(idx, True)
+            parts.append(encode(x.index_select(-1, idx.long()), high_bits, layout, channels=idx, given_range=given,
+                                raw_dtype=raw_dtype(self.dtype), fused=self.fused))
         return parts
 
     # --- scales and layouts ------------------------------------------------------------------
@@ -313,9 +382,17 @@ class StreamingLayer(PackedLayer):
     def _grouped_tokens(self, idx: torch.Tensor) -> ScaleLayout:
         """Per token, one scale per channel group of a head, over the channels in `idx`."""
         groups = self.settings.value_quant_groups
-        return self.shared(("groups", id(idx)), lambda: ScaleLayout(
-            token_group=1, segment_of=idx // (self.head_dim // groups),  # head * groups + g
-            n_segments=self.n_heads * groups, log_scale=True))
+
+        def layout() -> ScaleLayout:
+            segment_of = idx // (self.head_dim // groups)  # head * groups + g
+            if len(set(self.value_bits)) == 1:
+                return ScaleLayout(token_group=1, segment_of=segment_of, n_segments=self.n_heads * groups,
+                                   log_scale=True)
+            # heads at different bits: a part holds some heads; scale rows for its groups only
+            present, compact = torch.unique(segment_of, return_inverse=True)
+            return ScaleLayout(token_group=1, segment_of=compact.to(idx.dtype), n_segments=int(present.numel()),
+                               log_scale=True)
+        return self.shared(("groups", id(idx)), layout)
 
     def _outlier_tokens(self, idx: torch.Tensor) -> ScaleLayout:
         """Outlier value channels: one scale per token over all of them (they are few)."""
