@@ -5,8 +5,10 @@
 1. `streamkv tune SPEC` (in this process: `cluster.tune.run_search`), its choice checked on the
    held-apart shards.
 2. The grid: the cartesian product of the same fields, each layer at the same bits (a
-   per-layer field `layer_X_bits` becomes `X_bits_normal` over the same bit widths; a choice
-   keeps its values; a real range gives its two ends), every point on the same search shards,
+   per-layer or per-head field `layer_X_bits` / `head_X_bits` becomes `X_bits_normal` over the
+   same bit widths; a choice
+   keeps its values; a range gives its two ends and the base's value when it lies inside),
+   every point on the same search shards,
    through the same model actors and the same store (sweep id `<search id>-grid`); its best
    point within the budget (same rule: `store.searches.best_trial`) is then evaluated on
    the same held-apart shards.
@@ -29,19 +31,21 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cluster.tune_spec import SearchSpec  # noqa: E402
+from cluster.tune_spec import ModelShape, SearchSpec  # noqa: E402
 
 
 def grid_configs(spec: SearchSpec) -> list:
     """The grid over the search's fields, uniform across layers."""
     axes: dict[str, list] = {}
     for d in spec.space:
-        if d.kind == "per_layer":
-            axes[d.field.removeprefix("layer_").removesuffix("_bits") + "_bits_normal"] = list(d.values)
+        if d.allocation:  # per layer or per head: the same bits on every layer and head
+            axes[f"{d.kv_kind}_bits_normal"] = list(d.values)
         elif d.kind == "choice":
             axes[d.field] = list(d.values)
-        else:
-            axes[d.field] = list(d.values)  # a range's two ends
+        else:  # a range: its two ends, and the base's value when inside (the default a grid starts from)
+            low, high = d.values
+            base = spec.base.get(d.field)
+            axes[d.field] = sorted({low, high} | ({base} if base is not None and low <= base <= high else set()))
     configs = []
     for values in itertools.product(*axes.values()):
         try:
@@ -52,21 +56,24 @@ def grid_configs(spec: SearchSpec) -> list:
 
 
 def svg_layer_bits(config: dict, title: str) -> str:
-    """A small heat strip: one cell per layer, keys above values, darker = fewer bits."""
+    """A small heat strip: one cell per layer, one row per kind (per KV head for a per-head
+    allocation: `store.searches.bit_allocation`), darker = fewer bits."""
+    from store.searches import bit_allocation
+
     colors = {2: "#440154", 3: "#3b528b", 4: "#21918c", 8: "#5ec962", 16: "#fde725"}
-    cell, left, top = 18, 60, 30
-    rows = []
-    for r, kind in enumerate(("key", "value")):
-        bits = config.get(f"layer_{kind}_bits") or []
-        rows.append(f'<text x="4" y="{top + r * cell + 13}" font-size="12">{kind}s</text>')
+    cell, left, top = 18, 70, 30
+    rows, allocation = [], bit_allocation(config)
+    for r, (label, bits) in enumerate(allocation):
+        rows.append(f'<text x="4" y="{top + r * cell + 13}" font-size="12">{label}</text>')
         for i, b in enumerate(bits):
             rows.append(f'<rect x="{left + i * cell}" y="{top + r * cell}" width="{cell - 1}" height="{cell - 1}" '
-                        f'fill="{colors.get(b, "#999")}"><title>layer {i}: {b} bits</title></rect>'
+                        f'fill="{colors.get(b, "#999")}"><title>{label}, layer {i}: {b} bits</title></rect>'
                         f'<text x="{left + i * cell + 5}" y="{top + r * cell + 13}" font-size="10" '
                         f'fill="white">{b}</text>')
-    n = max(len(config.get("layer_key_bits") or []), len(config.get("layer_value_bits") or []), 1)
-    width, height = left + n * cell + 10, top + 2 * cell + 30
-    axis = "".join(f'<text x="{left + i * cell + 3}" y="{top + 2 * cell + 14}" font-size="9">{i}</text>'
+    n = max([len(bits) for _, bits in allocation] + [1])
+    height_rows = max(len(allocation), 1)
+    width, height = left + n * cell + 10, top + height_rows * cell + 30
+    axis = "".join(f'<text x="{left + i * cell + 3}" y="{top + height_rows * cell + 14}" font-size="9">{i}</text>'
                    for i in range(0, n, 5))
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
             f'<text x="4" y="16" font-size="13">{title}</text>{"".join(rows)}{axis}'
@@ -101,7 +108,7 @@ def main(argv=None) -> int:
         report(spec, outcome, url)
         grid_id = f"{outcome.search_id}-grid"
         workers, dispatcher = start_actors(spec, verbose=False)
-        ctx = TrialContext(spec=spec, search_id=grid_id, n_layers=0, store_url=url, blob_root=blob_root,
+        ctx = TrialContext(spec=spec, search_id=grid_id, shape=ModelShape(0, 0), store_url=url, blob_root=blob_root,
                            dispatcher=dispatcher)
         configs = grid_configs(spec)
         print(f"grid: {len(configs)} points on the search shards", flush=True)

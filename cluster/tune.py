@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .spec import SpecError, StoreSpec
-from .tune_spec import SearchSpec, load_search_spec, model_problems
+from .tune_spec import ModelShape, SearchSpec, load_search_spec, model_problems, model_shape
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,8 +80,8 @@ def resolve(spec: SearchSpec, args: argparse.Namespace) -> SearchSpec:
                    search_id=args.search_id or spec.search_id)
 
 
-def check(spec: SearchSpec) -> int:
-    """Every problem that needs the model's config or the store URL; returns num_hidden_layers."""
+def check(spec: SearchSpec) -> ModelShape:
+    """Every problem that needs the model's config or the store URL; returns the model's shape."""
     from streamkv.loading import model_config
 
     from .checks import store_url_problem
@@ -97,7 +97,7 @@ def check(spec: SearchSpec) -> int:
     problems += model_problems(spec, config)
     if problems:
         raise SpecError(problems, "search")
-    return int(config.num_hidden_layers)
+    return model_shape(config)
 
 
 # --- Ray Tune --------------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def start_actors(spec: SearchSpec, *, verbose: bool):
     return workers, ray.remote(num_cpus=0)(Dispatcher).remote(workers)
 
 
-def _searcher(spec: SearchSpec, n_layers: int):
+def _searcher(spec: SearchSpec, shape: ModelShape):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -131,7 +131,7 @@ def _searcher(spec: SearchSpec, n_layers: int):
     sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True,
                                          n_startup_trials=spec.search.n_startup_trials)
     # The start points are enqueued Optuna trials: run first, and they count among the startup ones.
-    start = start_points(spec, n_layers) or None
+    start = start_points(spec, shape) or None
     if spec.multi_objective:
         search = OptunaSearch(metric=["objective", "avg_bits"], mode=["min", "min"], sampler=sampler,
                               points_to_evaluate=start)
@@ -168,7 +168,7 @@ class _Lines:
         return Lines()
 
 
-def run_tuner(spec: SearchSpec, ctx, n_layers: int, *, verbose: bool):
+def run_tuner(spec: SearchSpec, ctx, shape: ModelShape, *, verbose: bool):
     """Tune's run of the search, a new one or the restored one; returns its ResultGrid."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -180,7 +180,7 @@ def run_tuner(spec: SearchSpec, ctx, n_layers: int, *, verbose: bool):
         print(f"streamkv tune: resuming {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=_trainable(ctx), resume_unfinished=True,
                                    resume_errored=False, restart_errored=False,
-                                   param_space=param_space(spec, n_layers))
+                                   param_space=param_space(spec, shape))
         return tuner.fit()
     scheduler = None
     if spec.search.grace_period is not None:
@@ -188,8 +188,8 @@ def run_tuner(spec: SearchSpec, ctx, n_layers: int, *, verbose: bool):
                                   max_t=len(spec.data.search_shards), grace_period=spec.search.grace_period,
                                   reduction_factor=spec.search.reduction_factor)
     tuner = tune.Tuner(
-        _trainable(ctx), param_space=param_space(spec, n_layers),
-        tune_config=tune.TuneConfig(search_alg=_searcher(spec, n_layers), scheduler=scheduler,
+        _trainable(ctx), param_space=param_space(spec, shape),
+        tune_config=tune.TuneConfig(search_alg=_searcher(spec, shape), scheduler=scheduler,
                                     num_samples=spec.search.num_samples, max_concurrent_trials=spec.max_concurrent),
         run_config=tune.RunConfig(name=ctx.search_id, storage_path=spec.resolved_storage,
                                   verbose=1 if verbose else 0, callbacks=[_Lines(spec.objective)],
@@ -271,6 +271,17 @@ def trials_table(found, objective: str) -> str:
                         rows)
 
 
+def pareto_trials(found, objective: str) -> list:
+    """The complete trials no other complete trial beats in both the objective and the
+    measured bits (what a multi-objective search is after), by bits."""
+    from store.searches import OBJECTIVE_MODES, is_baseline, pareto_front
+
+    sign = -1.0 if OBJECTIVE_MODES[objective] == "max" else 1.0
+    done = [t for t in found if not is_baseline(t) and t.complete and t.search.value(objective) is not None
+            and t.search.avg_bits is not None]
+    return [done[i] for i in pareto_front([(sign * t.search.value(objective), t.search.avg_bits) for t in done])]
+
+
 def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     import ray
 
@@ -283,7 +294,7 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
     from store.searches import best_trial, is_baseline
     from .tune_trials import TrialContext
 
-    n_layers = check(spec)
+    shape = check(spec)
     url, blob_root = absolute_store(spec.store.resolved_url, spec.store.resolved_blobs)
     search_id = spec.resolved_search_id
     engine = create_store_engine(url)  # creates / upgrades the store
@@ -292,9 +303,9 @@ def run_search(spec: SearchSpec, *, address: str | None = None, verbose: bool = 
     workers, dispatcher = [], None
     try:
         workers, dispatcher = start_actors(spec, verbose=verbose)
-        ctx = TrialContext(spec=spec, search_id=search_id, n_layers=n_layers, store_url=url,
+        ctx = TrialContext(spec=spec, search_id=search_id, shape=shape, store_url=url,
                            blob_root=blob_root, dispatcher=dispatcher)
-        grid = run_tuner(spec, ctx, n_layers, verbose=verbose)
+        grid = run_tuner(spec, ctx, shape, verbose=verbose)
         ended = grid.num_terminated + grid.num_errors
         if ended < spec.search.num_samples:  # Tune caught a signal and saved its state
             raise SearchInterrupted(f"search {search_id} interrupted after {ended} of "
@@ -326,6 +337,10 @@ def report(spec: SearchSpec, outcome: SearchOutcome, url: str, file=sys.stdout) 
     print(f"\nsearch {outcome.search_id}: {outcome.trials} trial config(s) stored, {outcome.errored} errored",
           file=file)
     print(trials_table([t for t in found if not is_baseline(t)], spec.objective), file=file)
+    if spec.multi_objective:
+        front = pareto_trials(found, spec.objective)
+        print(f"\nPareto front ({spec.objective} vs measured bits, complete trials, {len(front)}):", file=file)
+        print(trials_table(front, spec.objective), file=file)
     if outcome.best is None:
         print("no trial completed its search shards within the budget", file=file)
         return
@@ -349,12 +364,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         spec = resolve(load_search_spec(args.spec), args)
         if args.dry_run:
-            n_layers = check(spec)
+            shape = check(spec)
             from .tune_trials import param_space
 
             print(f"search {spec.resolved_search_id}: {spec.search.num_samples} trials over "
                   f"{len(spec.data.search_shards)} search shard(s), {len(spec.data.holdout_shards)} held apart; "
-                  f"parameters: {', '.join(param_space(spec, n_layers))}")
+                  f"parameters: {', '.join(param_space(spec, shape))}")
             return 0
         outcome = run_search(spec, address=args.address, verbose=args.verbose)
     except (SpecError, FileNotFoundError) as err:

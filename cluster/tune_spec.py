@@ -14,6 +14,7 @@ Every problem of a file is reported at once with its path, before anything runs:
       ema_decay: {uniform: [0.5, 0.99]} # real, uniform | loguniform: [low, high]
       attention_sink_size: {int: [0, 16]}          # integer, both ends included
       layer_key_bits: {per_layer: [2, 3, 4, 8], groups: 6}  # bits per group of adjacent layers
+      head_value_bits: {per_head: [2, 4], groups: 3}  # bits per (layer group, KV head)
     data:                               # the objective's data: one task, its shards split in two
       task: wikitext2_ppl               # any task a sweep runs
       context_length: 512
@@ -55,12 +56,14 @@ from typing import Any
 from cluster.spec import _SWEEP_ID, SpecError, StoreSpec, _is_int, _is_num, _Problems, _unknown
 from streamkv.hashing import content_id
 from streamkv.methods import Method, resolve_settings
-from streamkv.methods.streaming import ALLOWED_BITS, PER_LAYER_FIELDS
+from streamkv.methods.streaming import ALLOWED_BITS, PER_HEAD_FIELDS, PER_LAYER_FIELDS
 from store.searches import DEFAULT_HOLDOUT_SHARDS, DEFAULT_SEARCH_SHARDS, DEFAULT_SHARDS
 from workers.units import PERPLEXITY_TASKS, TASK_NAMES, task_kind
 
 OBJECTIVES = {"kl": "min", "perplexity": "min", "score": "max"}
-KINDS = ("choice", "uniform", "loguniform", "int", "per_layer")
+KINDS = ("choice", "uniform", "loguniform", "int", "per_layer", "per_head")
+# The allocation kinds: bits per group of adjacent layers, or per (layer group, KV head).
+ALLOCATIONS = {"per_layer": PER_LAYER_FIELDS, "per_head": PER_HEAD_FIELDS}
 _TOP_KEYS = {"name", "model", "dtype", "device", "base", "space", "data", "objective", "multi_objective",
              "constraint", "search", "resources", "store", "storage", "search_id"}
 MAX_TRIALS = 10_000
@@ -72,8 +75,25 @@ class Dimension:
 
     field: str
     kind: str
-    values: tuple[Any, ...]  # choice / per_layer: the options; uniform / int: (low, high)
-    groups: int | None = None  # per_layer: adjacent-layer groups (None: one per layer)
+    values: tuple[Any, ...]  # choice / per_layer / per_head: the options; uniform / int: (low, high)
+    groups: int | None = None  # per_layer / per_head: adjacent-layer groups (None: one per layer)
+
+    @property
+    def allocation(self) -> bool:
+        return self.kind in ALLOCATIONS
+
+    @property
+    def kv_kind(self) -> str:
+        """'key' or 'value' of an allocation field (layer_key_bits, head_value_bits, ...)."""
+        return self.field.split("_")[1]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a search's parameters depend on in the model: its layers and KV heads."""
+
+    n_layers: int
+    n_kv_heads: int
 
 
 @dataclass(frozen=True)
@@ -169,14 +189,14 @@ def _parse_dimension(problems: _Problems, path: str, name: str, entry: Any, cls:
         problems.add(path, f"give one of {', '.join(kinds)}, not several")
         return None
     kind = kinds[0]
-    _unknown(problems, path, entry, {kind, "groups"} if kind == "per_layer" else {kind})
+    _unknown(problems, path, entry, {kind, "groups"} if kind in ALLOCATIONS else {kind})
     values, where = entry[kind], f"{path}.{kind}"
     if not isinstance(values, (list, tuple)) or not values:
         problems.add(where, f"{values!r} is an empty range (allowed: a non-empty list)")
         return None
-    if kind == "per_layer":
-        if name not in PER_LAYER_FIELDS:
-            problems.add(path, f"per_layer is for {' | '.join(PER_LAYER_FIELDS)}, not {name}")
+    if kind in ALLOCATIONS:
+        if name not in ALLOCATIONS[kind]:
+            problems.add(path, f"{kind} is for {' | '.join(ALLOCATIONS[kind])}, not {name}")
             return None
         bad = [b for b in values if b not in ALLOWED_BITS or not _is_int(b)]
         if bad:
@@ -185,9 +205,10 @@ def _parse_dimension(problems: _Problems, path: str, name: str, entry: Any, cls:
         if groups is not None and (not _is_int(groups) or groups < 1):
             problems.add(f"{path}.groups", f"{groups!r} is out of range (allowed: null or integer >= 1)")
         return Dimension(name, kind, tuple(dict.fromkeys(values)), groups)
-    if name in PER_LAYER_FIELDS:
-        problems.add(path, f"{name} is searched with per_layer: [bits...]")
-        return None
+    for allocation, fields in ALLOCATIONS.items():
+        if name in fields:
+            problems.add(path, f"{name} is searched with {allocation}: [bits...]")
+            return None
     if kind == "choice":
         for i, v in enumerate(values):
             _check_value(problems, f"{where}[{i}]", cls, name, v)
@@ -377,7 +398,7 @@ def _offered(spec_base: Mapping[str, Any], dims: dict[str, Dimension], name: str
     dim = dims.get(name)
     if dim is None:
         return [spec_base.get(name)]
-    if dim.kind in ("choice", "per_layer"):
+    if dim.kind == "choice" or dim.allocation:
         return list(dim.values)
     return [dim.values[0]]  # the low end of a range
 
@@ -397,10 +418,12 @@ def min_avg_bits(base: Mapping[str, Any], space: tuple[Dimension, ...], tokens: 
     bounds = []
     for kind in ("key", "value"):
         normal = _offered(base, dims, f"{kind}_bits_normal")
-        if f"layer_{kind}_bits" in dims:  # a per-layer allocation replaces the normal bits
-            normal = list(dims[f"layer_{kind}_bits"].values)
-        elif base.get(f"layer_{kind}_bits"):
-            normal = list(base[f"layer_{kind}_bits"])
+        for field_name in (f"layer_{kind}_bits", f"head_{kind}_bits"):
+            if field_name in dims:  # a per-layer / per-head allocation replaces the normal bits
+                normal = list(dims[field_name].values)
+            elif base.get(field_name):
+                normal = [b for entry in base[field_name] for b in (entry if isinstance(entry, (list, tuple))
+                                                                     else [entry])]
         lo, hi = min(normal), min(_offered(base, dims, f"{kind}_bits_sink_outlier"))
         bounds.append(((tokens - s) * lo + s * max(hi, lo)) / tokens)
     return sum(bounds) / 2
@@ -459,12 +482,18 @@ def parse_search_spec(data: Any, *, source: str = "spec", default_name: str = "s
         if key in data and data[key] not in allowed:
             problems.add(key, f"{data[key]!r} is out of range (allowed: {' | '.join(allowed)})")
     for d in space:
-        kind = d.field.removeprefix("layer_").removesuffix("_bits")
+        if not d.allocation:
+            continue
+        kind = d.kv_kind
         high = base.get(f"{kind}_bits_sink_outlier")
         searched_high = any(x.field == f"{kind}_bits_sink_outlier" for x in space)
-        if d.kind == "per_layer" and high is not None and not searched_high and max(d.values) > high:
-            problems.add(f"space.{d.field}.per_layer", f"{max(d.values)} > base {kind}_bits_sink_outlier={high} "
-                                                       "(protected tokens/channels never get fewer bits)")
+        if high is not None and not searched_high and max(d.values) > high:
+            problems.add(f"space.{d.field}.{d.kind}", f"{max(d.values)} > base {kind}_bits_sink_outlier={high} "
+                                                      "(protected tokens/channels never get fewer bits)")
+        other = ("head_" if d.kind == "per_layer" else "layer_") + f"{kind}_bits"
+        if other in {x.field for x in space} or base.get(other) is not None:
+            problems.add(f"space.{d.field}", f"searched with {other} {'also searched' if other in {x.field for x in space} else 'set in base'} "
+                                             "(a layer's bits come from one of them)")
     _start_problems(problems, search.start, space)
     if max_bits is not None and cls is not None:
         floor = min_avg_bits(base, space, dspec.context_length)
@@ -493,10 +522,13 @@ def _start_problems(problems: _Problems, start: tuple[dict[str, Any], ...], spac
             d = dims.get(name)
             if d is None:
                 problems.add(path, f"not a searched field (allowed: {', '.join(dims)})")
-            elif d.kind == "per_layer":
-                values = value if isinstance(value, (list, tuple)) else [value]
-                bad = [v for v in values if v not in d.values]
-                if bad or not values:
+            elif d.allocation:
+                entries = value if isinstance(value, (list, tuple)) else [value]
+                # per_head: each group's entry is one value for all its heads or a list, one per head
+                flat = [v for e in entries for v in (e if d.kind == "per_head" and isinstance(e, (list, tuple))
+                                                     else [e])]
+                bad = [v for v in flat if isinstance(v, (list, tuple)) or v not in d.values]
+                if bad or not flat:
                     problems.add(path, f"{value!r} is out of range (allowed: one of {list(d.values)} or a list of them)")
                 elif isinstance(value, (list, tuple)) and d.groups is not None and len(value) != d.groups:
                     problems.add(path, f"{len(value)} values for {d.groups} groups (allowed: one value or {d.groups})")
@@ -516,21 +548,32 @@ def _unmeetable(budget: float, floor: float, unit: str) -> str:
             "which take the lowest sink/outlier bits; scales only add to it)")
 
 
+def model_shape(model_config) -> ModelShape:
+    heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
+    return ModelShape(int(model_config.num_hidden_layers), int(heads))
+
+
 def model_problems(spec: SearchSpec, model_config) -> list[str]:
     """The checks that need the model's config: per-layer groups and lengths, settings that
     must fit the model (value groups dividing head_dim), and a byte budget's floor."""
     from streamkv.families import head_dim_of
 
     problems = []
-    n_layers = model_config.num_hidden_layers
+    shape = model_shape(model_config)
+    n_layers = shape.n_layers
     for d in spec.space:
-        if d.kind == "per_layer" and d.groups is not None and d.groups > n_layers:
+        if d.allocation and d.groups is not None and d.groups > n_layers:
             problems.append(f"space.{d.field}.groups: {d.groups} > the model's num_hidden_layers={n_layers}")
         for i, point in enumerate(spec.search.start):
             value = point.get(d.field)
-            if d.kind == "per_layer" and d.groups is None and isinstance(value, (list, tuple)) and len(value) != n_layers:
+            if d.allocation and d.groups is None and isinstance(value, (list, tuple)) and len(value) != n_layers:
                 problems.append(f"search.start[{i}].{d.field}: {len(value)} values for the model's "
                                 f"{n_layers} layers (allowed: one value or {n_layers})")
+            if d.kind == "per_head" and isinstance(value, (list, tuple)):
+                wrong = [j for j, e in enumerate(value) if isinstance(e, (list, tuple)) and len(e) != shape.n_kv_heads]
+                if wrong:
+                    problems.append(f"search.start[{i}].{d.field}: group(s) {wrong} do not give one value per KV "
+                                    f"head (the model has num_key_value_heads={shape.n_kv_heads})")
     try:
         problems += [f"base.{p.field}: {p.message}" for p in spec.method(**spec.base).model_problems(model_config)]
     except ValueError as err:  # cross-field problems of the base alone

@@ -1,8 +1,9 @@
 """One trial of a search: sampled parameters -> a config -> its units on the shared model actors.
 
-- `param_space(spec, n_layers)`: the Tune search space; a per-layer dimension becomes one
-  categorical parameter per group of adjacent layers (`<field>.g<j>`), expanded back to one
-  entry per layer by `trial_config`.
+- `param_space(spec, shape)`: the Tune search space; a per-layer dimension becomes one
+  categorical parameter per group of adjacent layers (`<field>.g<j>`), a per-head one one per
+  group and KV head (`<field>.g<j>.h<h>`), expanded back to one entry per layer (per head) by
+  `trial_config`.
 - `Dispatcher` (an async Ray actor, no CPU): hands each unit to an idle model actor. The
   model actors are created once by the driver and shared by every trial (a trial is a light
   Tune function holding no model); the dispatcher, not the trial, gives an actor back when its
@@ -28,15 +29,19 @@ from streamkv.methods import Method
 from workers.units import WorkUnit
 
 from store.searches import aggregate, feasible, penalized, unit_figures
-from .tune_spec import Dimension, SearchSpec
+from .tune_spec import Dimension, ModelShape, SearchSpec
 
 
 # --- parameters <-> configs --------------------------------------------------------------------------
-def group_params(dim: Dimension, n_layers: int) -> list[str]:
-    return [f"{dim.field}.g{j}" for j in range(min(dim.groups or n_layers, n_layers))]
+def group_params(dim: Dimension, shape: ModelShape) -> list[str]:
+    """A per-layer dimension's parameters, one per layer group; per-head: one per group and head."""
+    groups = range(min(dim.groups or shape.n_layers, shape.n_layers))
+    if dim.kind == "per_head":
+        return [f"{dim.field}.g{j}.h{h}" for j in groups for h in range(shape.n_kv_heads)]
+    return [f"{dim.field}.g{j}" for j in groups]
 
 
-def param_space(spec: SearchSpec, n_layers: int) -> dict[str, Any]:
+def param_space(spec: SearchSpec, shape: ModelShape) -> dict[str, Any]:
     from ray import tune
 
     space: dict[str, Any] = {}
@@ -50,35 +55,46 @@ def param_space(spec: SearchSpec, n_layers: int) -> dict[str, Any]:
         elif d.kind == "int":
             space[d.field] = tune.randint(d.values[0], d.values[1] + 1)  # randint's high is excluded
         else:
-            space.update({name: tune.choice(list(d.values)) for name in group_params(d, n_layers)})
+            space.update({name: tune.choice(list(d.values)) for name in group_params(d, shape)})
     return space
 
 
-def start_points(spec: SearchSpec, n_layers: int) -> list[dict[str, Any]]:
-    """`search.start` as Tune parameters (a per-layer field's value spread over its groups)."""
+def start_points(spec: SearchSpec, shape: ModelShape) -> list[dict[str, Any]]:
+    """`search.start` as Tune parameters (an allocation's value spread over its groups and heads)."""
     points = []
     for point in spec.search.start:
         params: dict[str, Any] = {}
         for d in spec.space:
-            if d.kind == "per_layer":
-                names = group_params(d, n_layers)
-                value = point[d.field]
-                values = list(value) if isinstance(value, (list, tuple)) else [value] * len(names)
-                params.update(zip(names, values))
-            else:
+            if not d.allocation:
                 params[d.field] = point[d.field]
+                continue
+            names = group_params(d, shape)
+            n_groups = len(names) // (shape.n_kv_heads if d.kind == "per_head" else 1)
+            value = point[d.field]
+            per_group = list(value) if isinstance(value, (list, tuple)) else [value] * n_groups
+            if d.kind == "per_head":
+                per_group = [list(e) if isinstance(e, (list, tuple)) else [e] * shape.n_kv_heads for e in per_group]
+                params.update(zip(names, [b for e in per_group for b in e]))
+            else:
+                params.update(zip(names, per_group))
         points.append(params)
     return points
 
 
-def trial_settings(spec: SearchSpec, params: dict[str, Any], n_layers: int) -> dict[str, Any]:
+def trial_settings(spec: SearchSpec, params: dict[str, Any], shape: ModelShape) -> dict[str, Any]:
     """The full settings mapping of a trial: the base, with the sampled values."""
     settings = dict(spec.base)
+    n_layers = shape.n_layers
     for d in spec.space:
-        if d.kind == "per_layer":
-            names = group_params(d, n_layers)
+        if d.allocation:
+            n_groups = min(d.groups or n_layers, n_layers)
             # layer i belongs to group i * groups // n_layers: contiguous, sizes differ by <= 1
-            settings[d.field] = tuple(int(params[names[i * len(names) // n_layers]]) for i in range(n_layers))
+            group_of = [i * n_groups // n_layers for i in range(n_layers)]
+            if d.kind == "per_head":
+                settings[d.field] = tuple(tuple(int(params[f"{d.field}.g{g}.h{h}"]) for h in range(shape.n_kv_heads))
+                                          for g in group_of)
+            else:
+                settings[d.field] = tuple(int(params[f"{d.field}.g{g}"]) for g in group_of)
         elif d.kind == "int":
             settings[d.field] = int(params[d.field])
         elif d.kind in ("uniform", "loguniform"):
@@ -88,9 +104,9 @@ def trial_settings(spec: SearchSpec, params: dict[str, Any], n_layers: int) -> d
     return settings
 
 
-def trial_config(spec: SearchSpec, params: dict[str, Any], n_layers: int) -> Method:
+def trial_config(spec: SearchSpec, params: dict[str, Any], shape: ModelShape) -> Method:
     """The method object of a trial (raises `InvalidSettings` for a combination the method refuses)."""
-    return spec.method(**trial_settings(spec, params, n_layers))
+    return spec.method(**trial_settings(spec, params, shape))
 
 
 def unit_of(spec: SearchSpec, config: Method, shard: int, search_id: str) -> WorkUnit:
@@ -128,7 +144,7 @@ class TrialContext:
 
     spec: SearchSpec
     search_id: str
-    n_layers: int
+    shape: ModelShape
     store_url: str  # absolute (trials run in other processes, maybe other nodes)
     blob_root: str
     dispatcher: Any  # the `Dispatcher` actor handle
@@ -158,7 +174,7 @@ def run_trial(params: dict[str, Any], ctx: TrialContext) -> None:
 
     spec = ctx.spec
     try:
-        config = trial_config(spec, params, ctx.n_layers)
+        config = trial_config(spec, params, ctx.shape)
     except ValueError as err:  # InvalidSettings: a plain ValueError, which Ray can copy into its error
         raise ValueError(f"the method refuses these settings: {err}") from None
     units = [unit_of(spec, config, s, ctx.search_id) for s in spec.data.search_shards]

@@ -27,6 +27,7 @@ from store.searches import (
     DEFAULT_SHARDS,
     Trial,
     best_trial,
+    bit_allocation,
     feasible,
     is_baseline,
     pareto_front,
@@ -89,15 +90,10 @@ def trial_frame(found: list[Trial], info: SearchInfo) -> pd.DataFrame:
 
 
 def layer_bits_frame(config: Mapping[str, Any], n_layers: int | None = None) -> pd.DataFrame:
-    """Long frame (layer, kind, bits) of a config's normal bits per layer: its per-layer
-    allocation, or its uniform normal bits on every layer (`n_layers` of them)."""
-    rows = []
-    for kind in ("key", "value"):
-        per_layer = config.get(f"layer_{kind}_bits")
-        count = len(per_layer) if per_layer else n_layers or 0
-        for i in range(count):
-            rows.append({"layer": i, "kind": kind,
-                         "bits": int(per_layer[i] if per_layer else config.get(f"{kind}_bits_normal"))})
+    """Long frame (layer, kind, bits) of a config's normal bits per layer (`kind`: key / value,
+    or key h0, ... per KV head): `store.searches.bit_allocation`."""
+    rows = [{"layer": i, "kind": label, "bits": b} for label, bits in bit_allocation(config, n_layers)
+            for i, b in enumerate(bits)]
     return pd.DataFrame(rows, columns=["layer", "kind", "bits"])
 
 
@@ -161,7 +157,8 @@ def render(results: pd.DataFrame, info: SearchInfo) -> None:
     if not bits.empty:
         st.altair_chart(alt.Chart(bits).mark_rect().encode(
             x=alt.X("layer:O"), y=alt.Y("kind:N"), color=alt.Color("bits:O", scale=alt.Scale(scheme="viridis")),
-            tooltip=["layer", "kind", "bits"]).properties(height=120, title="Bits per layer of the chosen trial"),
+            tooltip=["layer", "kind", "bits"]).properties(height=60 + 20 * bits["kind"].nunique(),
+                                                            title="Bits per layer of the chosen trial"),
             width="stretch")
     st.dataframe(holdout_table(best, baseline, info.objective), hide_index=True, width="stretch")
 

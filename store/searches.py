@@ -180,6 +180,22 @@ def best_trial(found: Sequence[Trial], objective: str, max_avg_bits: float | Non
     return min(ok, key=lambda t: sign * t.search.value(objective))
 
 
+def bit_allocation(config: Mapping[str, Any], n_layers: int | None = None) -> list[tuple[str, list[int]]]:
+    """A config's normal bits per layer as picture rows (label, bits of layer 0..L-1): 'key' and
+    'value', or 'key h0', 'key h1', ... for a per-head allocation; a uniform config fills
+    `n_layers` layers with its normal bits (none when n_layers is not given)."""
+    rows = []
+    for kind in ("key", "value"):
+        per_head, per_layer = config.get(f"head_{kind}_bits"), config.get(f"layer_{kind}_bits")
+        if per_head:
+            rows += [(f"{kind} h{h}", [int(layer[h]) for layer in per_head]) for h in range(len(per_head[0]))]
+        elif per_layer:
+            rows.append((kind, [int(b) for b in per_layer]))
+        elif n_layers and config.get(f"{kind}_bits_normal") is not None:
+            rows.append((kind, [int(config[f"{kind}_bits_normal"])] * n_layers))
+    return rows
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points (quality to minimize, bits to minimize) no other point beats in
     both (ties in both: the first), sorted by bits."""
@@ -192,5 +208,5 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-__all__ = ["Figures", "Trial", "UnitFigures", "aggregate", "best_trial", "excess", "feasible", "is_baseline", "pareto_front",
+__all__ = ["Figures", "Trial", "UnitFigures", "aggregate", "best_trial", "bit_allocation", "excess", "feasible", "is_baseline", "pareto_front",
            "penalized", "trials", "unit_figures"]

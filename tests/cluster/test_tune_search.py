@@ -96,3 +96,39 @@ def test_killed_search_resumes_and_stores_each_trial_once(tmp_path):
     assert all(t.config.get("key_bits_normal") != 16 for t in found)
     started = [t for t in found if t.config.get("ema_decay") == 0.777]
     assert len(started) == 1 and started[0].config["layer_value_bits"] == [8, 2] and started[0].complete
+
+
+@pytest.mark.slow
+def test_a_multi_objective_search_over_per_head_bits_prints_its_pareto_front(tmp_path):
+    spec = tmp_path / "tiny_pareto.yaml"
+    spec.write_text(yaml.safe_dump({
+        **SPEC, "name": "tiny-pareto", "multi_objective": True,
+        # bits per KV head (the tiny model has 2), one layer group
+        "space": {"key_bits_normal": {"choice": [2, 4]}, "head_value_bits": {"per_head": [2, 8], "groups": 1}},
+        "data": {**SPEC["data"], "search_shards": [0, 1], "holdout_shards": [3]},
+        "search": {"num_samples": 4, "seed": 0, "asha": {"grace_period": 1, "reduction_factor": 2}}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run(command(spec, tmp_path), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=900, start_new_session=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    front_text = run.stdout.split("Pareto front (kl vs measured bits, complete trials, ", 1)[1]
+    n_front = int(front_text.split(")", 1)[0])
+    from store import readonly_engine
+    from store.queries import result_frame
+    from store.searches import trials
+
+    engine = readonly_engine(f"sqlite:///{tmp_path / 's.db'}", pooled=False)
+    found = [t for t in trials(result_frame(engine, None).to_dict("records"), (0, 1), (3,), 5)
+             if t.method != "none" and t.complete]
+    engine.dispose()
+    from cluster.tune import pareto_trials
+
+    front = pareto_trials(found, "kl")
+    assert n_front == len(front) >= 1
+    for t in front:  # printed, and no complete trial beats it in both KL and measured bits
+        assert t.config_id in front_text
+        assert not any(o.search.kl < t.search.kl and o.search.avg_bits < t.search.avg_bits for o in found)
+    assert "chosen " in run.stdout  # within the budget, best KL: what `points:` prints
+    for t in found:  # each trial stored its per-head allocation: one row per layer, one entry per head
+        rows = t.config["head_value_bits"]
+        assert len(rows) == 2 and all(len(r) == 2 and r == rows[0] for r in rows)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.spec import SpecError
-from cluster.tune_spec import min_avg_bits, model_problems, parse_search_spec
+from cluster.tune_spec import ModelShape, min_avg_bits, model_problems, parse_search_spec
 from cluster.tune_trials import group_params, start_points, trial_config, trial_settings
 from streamkv.loading import model_config
 
@@ -89,13 +89,13 @@ def test_model_dependent_problems_need_the_models_config():
 
 def test_trial_parameters_become_a_config_with_bits_per_layer_group():
     spec = parse_search_spec({**GOOD, "space": {**GOOD["space"], "layer_key_bits": {"per_layer": [2, 8], "groups": 2}}})
-    names = group_params(spec.space[3], n_layers=5)
+    names = group_params(spec.space[3], ModelShape(5, 2))
     assert names == ["layer_key_bits.g0", "layer_key_bits.g1"]
     params = {"chunk_size": 64, "ema_decay": 0.7, "attention_sink_size": 3, "layer_key_bits.g0": 2,
               "layer_key_bits.g1": 8, "layer_value_bits.g0": 4}
-    settings = trial_settings(spec, params, n_layers=5)
+    settings = trial_settings(spec, params, ModelShape(5, 2))
     assert settings["layer_key_bits"] == (2, 2, 2, 8, 8) and settings["layer_value_bits"] == (4,) * 5
-    config = trial_config(spec, params, n_layers=5)
+    config = trial_config(spec, params, ModelShape(5, 2))
     assert config.chunk_size == 64 and config.ema_decay == 0.7 and config.attention_sink_size == 3
     assert config.value_quant_groups == 4  # from the base
 
@@ -106,12 +106,12 @@ def test_start_points_become_tune_parameters_and_bad_ones_are_listed():
         {**point, "layer_key_bits": 2},                       # one value: every group
         {**point, "layer_key_bits": [2, 3, 8]}]}})             # one per group (a group per layer)
     assert spec.search.n_startup_trials == 4
-    points = start_points(spec, n_layers=3)
+    points = start_points(spec, ModelShape(3, 2))
     assert points[0] == {"chunk_size": 64, "ema_decay": 0.5, "attention_sink_size": 8, "layer_value_bits.g0": 4,
                          "layer_key_bits.g0": 2, "layer_key_bits.g1": 2, "layer_key_bits.g2": 2}
     assert [points[1][f"layer_key_bits.g{j}"] for j in range(3)] == [2, 3, 8]
     # a start point's parameters are a trial's: they make a config
-    assert trial_config(spec, points[1], n_layers=3).layer_key_bits == (2, 3, 8)
+    assert trial_config(spec, points[1], ModelShape(3, 2)).layer_key_bits == (2, 3, 8)
 
     found = problems_of({**GOOD, "search": {"n_startup_trials": -1, "start": [
         {"bogus": 1, "chunk_size": 48, "ema_decay": 1.5, "attention_sink_size": 2.5, "layer_key_bits": 2,
@@ -137,3 +137,36 @@ def test_start_points_become_tune_parameters_and_bad_ones_are_listed():
     assert n_layers != 7
     assert any(p.startswith(f"search.start[0].layer_key_bits: 7 values for the model's {n_layers} layers")
                for p in model_problems(spec, model_config("tiny-random-llama")))
+
+
+def test_per_head_bits_are_one_parameter_per_layer_group_and_kv_head():
+    space = {"head_key_bits": {"per_head": [2, 3], "groups": 2}, "ema_decay": {"uniform": [0.5, 0.99]}}
+    spec = parse_search_spec({**GOOD, "space": space, "search": {"start": [
+        {"ema_decay": 0.9, "head_key_bits": 2}, {"ema_decay": 0.9, "head_key_bits": [[2, 3], 3]}]}})
+    shape = ModelShape(n_layers=3, n_kv_heads=2)
+    names = group_params(spec.space[0], shape)
+    assert names == ["head_key_bits.g0.h0", "head_key_bits.g0.h1", "head_key_bits.g1.h0", "head_key_bits.g1.h1"]
+    params = {"ema_decay": 0.8, **dict(zip(names, (2, 3, 3, 2)))}
+    config = trial_config(spec, params, shape)
+    # layers 0 and 1 form group 0 (i * groups // n_layers), layer 2 group 1
+    assert config.head_key_bits == ((2, 3), (2, 3), (3, 2)) and config.layer_key_bits is None
+    first, second = start_points(spec, shape)
+    assert [first[n] for n in names] == [2, 2, 2, 2] and [second[n] for n in names] == [2, 3, 3, 3]
+    # the floor counts a per-head allocation's lowest bits like a per-layer one
+    fixed = parse_search_spec({**GOOD, "space": space, "constraint": None})
+    assert min_avg_bits(fixed.base, fixed.space, 128) == pytest.approx(((124 * 2 + 4 * 8) / 128 + (124 * 3 + 4 * 8) / 128) / 2)
+
+    found = problems_of({**GOOD, "space": {"head_key_bits": {"per_head": [2, 5]}, "layer_key_bits": {"per_layer": [2]},
+                                           "chunk_size": {"per_head": [2]}, "head_value_bits": {"per_layer": [2]}}})
+    expected = ["space.head_key_bits.per_head: [5] are not bit widths",
+                "space.chunk_size: per_head is for head_key_bits | head_value_bits, not chunk_size",
+                "space.head_value_bits: per_layer is for layer_key_bits | layer_value_bits, not head_value_bits",
+                "space.head_key_bits: searched with layer_key_bits also searched",
+                "space.layer_key_bits: searched with head_key_bits also searched"]
+    for words in expected:
+        assert any(p.startswith(words) for p in found), (words, found)
+    assert len(found) == len(expected)
+    wrong = parse_search_spec({**GOOD, "space": space, "search": {"start": [
+        {"ema_decay": 0.9, "head_key_bits": [[2, 3, 2], 2]}]}})
+    assert any(p.startswith("search.start[0].head_key_bits: group(s) [0] do not give one value per KV head")
+               for p in model_problems(wrong, model_config("tiny-random-llama")))

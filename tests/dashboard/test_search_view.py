@@ -88,3 +88,11 @@ def test_search_tab_renders(monkeypatch, search_store):
     assert any(f"`{cid(TRIALS['b'][0])}`" in m.value for m in at.markdown)
     held = next(d.value for d in at.dataframe if "data" in d.value.columns)
     assert "held-apart shards" in set(held["data"])
+
+
+def test_a_per_head_allocation_is_drawn_one_row_per_kv_head():
+    config = {"head_key_bits": [[2, 3], [4, 2]], "layer_value_bits": [3, 2], "key_bits_normal": 4}
+    bits = sv.layer_bits_frame(config)
+    assert list(dict.fromkeys(bits["kind"])) == ["key h0", "key h1", "value"]
+    assert list(bits[bits["kind"] == "key h1"]["bits"]) == [3, 2]
+    assert list(bits[bits["kind"] == "value"]["bits"]) == [3, 2]
