@@ -28,7 +28,8 @@ def plan(spec: SweepSpec) -> list[WorkUnit]:
                     units.append(WorkUnit(model=model, config=named.config, task=ds.task,
                                           shard=f"{i}/{shards}", source=ds.source, limit=limit,
                                           max_length=max_length, context_length=ds.context_length,
-                                          depth=ds.depth, seed=spec.seed, sweep_id=sweep_id))
+                                          depth=ds.depth, difficulty=ds.difficulty, length_class=ds.length,
+                                          seed=spec.seed, sweep_id=sweep_id))
     keys = [u.key for u in units]
     if len(set(keys)) != len(keys):  # parse_spec rejects duplicate tasks; configs are deduplicated
         raise AssertionError("plan produced duplicate unit keys")

@@ -31,6 +31,7 @@ command line overrides the YAML (`apply_overrides`).
       - {task: wikitext2_ppl, context_length: 1024, limit: 2, shards: 1}
       - {tasks: [ruler_niah_single_1, ruler_vt], context_lengths: [1024, 2048]}  # RULER cells
       - {task: ruler_niah_single_2, context_lengths: [1024, 2048], depths: [0, 50, 100]}  # NIAH grid
+      - {task: longbench_v2, source: data/v2, length: short}   # a v2 split: difficulty: / length:
       - {lm_eval: {tasks: [streamkv_facts_mc], include_path: null}, limit: 8}
     shards: 2                         # per task (datasets[i].shards overrides)
     limit: 2                          # samples (windows) per shard; null = all
@@ -57,6 +58,8 @@ from typing import Any
 
 from streamkv.methods import Method, preset, preset_names, resolve_settings
 from streamkv.settings import Problem
+from store.cells import v2_split_name
+from workers.data import V2_DIFFICULTIES, V2_LENGTHS, V2_TASK
 from workers.ruler import cell_name, ruler_problems
 from workers.tasks import get_task
 from workers.units import PERPLEXITY_TASKS, TASK_NAMES, task_kind
@@ -88,18 +91,23 @@ class DatasetSpec:
     limit: int | None = None  # None: SweepSpec.limit
     max_length: int | None = None  # None: SweepSpec.max_length
     depth: int | None = None  # RULER single-needle NIAH: needle depth, percent
+    difficulty: str | None = None  # LongBench v2: easy | hard only
+    length: str | None = None  # LongBench v2: short | medium | long only
 
     @property
     def stored_task(self) -> str:
-        """The task name its results are keyed by (a RULER cell for RULER tasks)."""
+        """The task name its results are keyed by (a RULER cell, a LongBench v2 split)."""
         if task_kind(self.task) == "ruler":
             return cell_name(self.task, self.context_length, self.depth)
+        if self.difficulty is not None or self.length is not None:
+            return v2_split_name(self.task, self.difficulty, self.length)
         return self.task
 
     def content(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["depth"] is None:  # absent before RULER: sweep ids of older specs stay the same
-            del data["depth"]
+        for key in ("depth", "difficulty", "length"):  # absent before they existed: older sweep ids stay
+            if data[key] is None:
+                del data[key]
         return data
 
 
@@ -202,7 +210,7 @@ _TOP_KEYS = {"name", "model", "models", "dtype", "device", "grid", "points", "pr
              "shards", "limit", "generation", "seed", "max_attempts", "store", "resources", "sweep_id",
              "description"}
 _DATASET_KEYS = {"task", "tasks", "lm_eval", "source", "context_length", "context_lengths", "depths", "shards",
-                 "limit", "max_length"}
+                 "limit", "max_length", "difficulty", "length"}
 _LM_EVAL_KEYS = {"tasks", "include_path"}
 _DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 _DEVICES = ("auto", "cpu", "cuda")
@@ -386,19 +394,31 @@ def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> li
             if "context_lengths" in entry or "depths" in entry:
                 problems.add(path, f"context_lengths: / depths: are for RULER tasks; {task!r} takes context_length:")
                 continue
+            split = {k: entry[k] for k in ("difficulty", "length") if k in entry}
+            if split and task != V2_TASK:
+                problems.add(path, f"difficulty: / length: select LongBench v2 samples; not for {task!r}")
+                continue
+            for k, allowed in (("difficulty", V2_DIFFICULTIES), ("length", V2_LENGTHS)):
+                if k in split and split[k] not in allowed:
+                    problems.add(f"{path}.{k}", f"{split[k]!r} is out of range (allowed: {' | '.join(allowed)})")
+                    split = None
+                    break
+            if split is None:
+                continue
             ctx = kwargs.get("context_length")
             if kind == "synthetic" and isinstance(ctx, int) and ctx < 20:
                 problems.add(f"{path}.context_length", f"{ctx} is too small for synthetic task {task!r} "
                              "(allowed: >= 20 words)")
-            if task in seen:
-                problems.add(tpath, f"task {task!r} already appears in {seen[task]}; results are keyed by "
+            stored = v2_split_name(task, split.get("difficulty"), split.get("length")) if split else task
+            if stored in seen:
+                problems.add(tpath, f"task {stored!r} already appears in {seen[stored]}; results are keyed by "
                              "(model, config, task, shard), so a sweep holds one setting per task "
                              "(run another sweep for another context length or source)")
                 continue
-            seen[task] = tpath
+            seen[stored] = tpath
             if None in (kwargs.get("context_length", 0), kwargs.get("shards", 0), kwargs.get("max_length", 0)):
                 continue  # already reported
-            out.append(DatasetSpec(task=task, source=source, **kwargs))
+            out.append(DatasetSpec(task=task, source=source, **kwargs, **split))
     return out
 
 

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context-length", type=int, default=2048,
                     help="perplexity window tokens / synthetic context words / RULER tokens")
     ap.add_argument("--depth", type=int, default=None, help="RULER single-needle NIAH: needle depth (percent)")
+    ap.add_argument("--difficulty", default=None, help="LongBench v2: only the easy | hard samples")
+    ap.add_argument("--length", default=None, help="LongBench v2: only the short | medium | long samples")
     ap.add_argument("--max-length", type=int, default=3500, help="prompt tokens (middle truncation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweep-id", default="local")
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config_file(args.config or REPO_ROOT / "configs" / "default.yaml")
         unit = WorkUnit(model=args.model, config=config, task=args.task, shard=args.shard, source=args.source,
                         limit=args.limit, max_length=args.max_length, context_length=args.context_length,
-                        depth=args.depth, seed=args.seed, sweep_id=args.sweep_id)
+                        depth=args.depth, difficulty=args.difficulty, length_class=args.length,
+                        seed=args.seed, sweep_id=args.sweep_id)
     except (ValueError, FileNotFoundError) as err:
         ap.error(str(err))
 

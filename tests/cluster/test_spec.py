@@ -173,3 +173,33 @@ def test_perplexity_windows_inside_one_chunk_are_rejected():
     _spec(presets=["none"], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
     _spec(points=[{"quantize_current_chunk": True}], datasets=[{"task": "wikitext2_ppl", "context_length": 512}])
     _spec(presets=["streamkv-4"], datasets=[{"task": "wikitext2_ppl", "context_length": 1024}])
+
+
+def test_longbench_v2_splits_are_dataset_keys_with_every_problem_listed():
+    from cluster.plan import plan
+
+    v2 = "tests/data/longbench-v2-synthetic"
+    spec = _spec(datasets=[{"task": "longbench_v2", "source": v2, "length": "long"},
+                           {"task": "longbench_v2", "source": v2, "difficulty": "hard", "length": "long"},
+                           {"task": "longbench_v2", "source": v2}])
+    assert [d.stored_task for d in spec.datasets] == ["longbench_v2@long", "longbench_v2@hard@long", "longbench_v2"]
+    units = plan(spec)
+    assert sorted({u.key.task for u in units}) == ["longbench_v2", "longbench_v2@hard@long", "longbench_v2@long"]
+    assert {(u.difficulty, u.length_class) for u in units} == {(None, "long"), ("hard", "long"), (None, None)}
+    # a spec without splits keeps its sweep id (the keys are left out of the content when unset)
+    assert "difficulty" not in spec.datasets[2].content() and spec.datasets[0].content()["length"] == "long"
+
+    with pytest.raises(SpecError) as err:
+        _spec(datasets=[{"task": "longbench_v2", "source": v2, "difficulty": "medium"},
+                        {"task": "longbench_v2", "source": v2, "length": "8k+"},
+                        {"task": "trec", "source": "tests/data/longbench-sample", "length": "short"},
+                        {"task": "longbench_v2", "source": v2, "length": "long"},
+                        {"task": "longbench_v2", "source": v2, "length": "long"}])
+    found = err.value.problems
+    expected = ["datasets[0].difficulty: 'medium' is out of range (allowed: easy | hard)",
+                "datasets[1].length: '8k+' is out of range (allowed: short | medium | long)",
+                "datasets[2]: difficulty: / length: select LongBench v2 samples; not for 'trec'",
+                "datasets[4].task: task 'longbench_v2@long' already appears in datasets[3].task"]
+    for words in expected:
+        assert any(p.startswith(words) for p in found), (words, found)
+    assert len(found) == len(expected)

@@ -178,3 +178,37 @@ def test_e_units_take_their_rows_with_the_length_the_buckets_need(tmp_path: Path
     assert task_kind("trec_e") == task_kind("longbench_v2") == "longbench"
     # The runner stores each sample's `length` as `length_words`, so buckets need no other data.
     assert sorted(length_bucket(sample.length) for sample in longbench_samples(e_unit)) == ["0-4k", "4-8k"]
+
+
+def test_a_v2_unit_of_one_split_takes_only_its_samples_and_is_stored_under_its_name() -> None:
+    from streamkv import preset
+    from workers.units import WorkUnit, dataset_sha256, longbench_samples
+
+    def v2(**kw) -> WorkUnit:
+        return WorkUnit(model="tiny-llama", config=preset("none"), task="longbench_v2", source=str(V2_FILE), **kw)
+
+    hard = v2(difficulty="hard")
+    assert [s.id for s in longbench_samples(hard)] == ["synthetic-v2-02", "synthetic-v2-03"]
+    assert hard.key.task == "longbench_v2@hard"
+    both = v2(difficulty="easy", length_class="long")
+    assert [s.id for s in longbench_samples(both)] == ["synthetic-v2-04"] and both.key.task == "longbench_v2@easy@long"
+    # the split comes before sharding: the shards of a split hold its samples only, each once
+    shards = [longbench_samples(v2(length_class="long", shard=f"{i}/2")) for i in range(2)]
+    assert sorted(s.id for part in shards for s in part) == ["synthetic-v2-03", "synthetic-v2-04"]
+    sha, what = dataset_sha256(hard)
+    assert sha == dataset_sha256(v2())[0] and what == "file longbench_v2.jsonl (longbench_v2@hard rows)"
+    assert v2().key.task == "longbench_v2"
+    with pytest.raises(ValueError, match="difficulty='medium' is out of range .allowed: easy | hard"):
+        v2(difficulty="medium")
+    with pytest.raises(ValueError, match="length_class='short' is only for task longbench_v2, not 'trec'"):
+        WorkUnit(model="m", config=preset("none"), task="trec", source=str(V2_FILE), length_class="short")
+
+
+def test_v2_split_names_round_trip() -> None:
+    from store.cells import parse_cell, parse_v2_split, v2_split_name
+
+    for difficulty in (None, "easy", "hard"):
+        for length in (None, "short", "medium", "long"):
+            name = v2_split_name("longbench_v2", difficulty, length)
+            assert parse_v2_split(name) == ("longbench_v2", difficulty, length) and parse_cell(name) is None
+    assert parse_v2_split("longbench_v2@long@hard") is None and parse_v2_split("trec@hard") is None
