@@ -216,8 +216,10 @@ def evaluate(spec: SearchSpec, ctx, configs, shards, sweep_id: str | None = None
         done = completed_units(engine, sweep_id)
         todo = [u for u in units if u.key not in done]
         blobs = BlobStore(ctx.blob_root)
-        for result in ray.get([ctx.dispatcher.run.remote(u) for u in todo]):
-            write_unit_result(engine, blobs, result)
+        pending = [ctx.dispatcher.run.remote(u) for u in todo]
+        while pending:  # each result stored as it arrives: an interrupt loses no finished unit
+            ready, pending = ray.wait(pending, num_returns=1)
+            write_unit_result(engine, blobs, ray.get(ready[0]))
     finally:
         engine.dispose()
 
