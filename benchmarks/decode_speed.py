@@ -15,7 +15,9 @@ Rows are interleaved (repeat 1 of every row, then repeat 2, ...), so a noisy mac
 of them alike, and the ratio column is against `dynamic` of the same run. streamkv rows attend
 over their packed history window by window (`--window` tokens, `streamkv.history_attention`);
 `--dense` adds a `<config>/dense` row per config with the dense path (the whole history
-decoded into one buffer, then SDPA), to compare the two.
+decoded into one buffer, then SDPA), to compare the two; `--codes` a `<config>/codes` row with
+attention read straight from the packed codes (`streamkv.code_attention`, Triton: CUDA, or
+the interpreter on CPU, which is far too slow to time).
 Also printed: each row's prefill seconds (median) and the cache's bytes after the prompt, and
 on CUDA each row's floor: (weight bytes + cache bytes) / `--bandwidth-gbs`, the time a step
 would take if it only read what it must (the compressed rows' floor reads their codes).
@@ -77,7 +79,8 @@ def run_row(model, ids: torch.Tensor, row: str, steps: int, window: int, chunk: 
         name, _, path = row.partition("/")
         method = preset(name) if chunk is None else preset(name, chunk_size=chunk)
         cache = CompressedCache(method, model.config, model.model.rotary_emb, dtype=model.dtype,
-                                device=model.device, attention_window=0 if path == "dense" else window)
+                                device=model.device, attention_window=0 if path == "dense" else window,
+                                **({"fused": True, "code_attention": True} if path == "codes" else {}))
         forward = lambda x, c: model(x, past_key_values=c, logits_to_keep=1)  # noqa: E731
     sync(device)
     t0 = time.perf_counter()
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=None,
                     help="tokens per window of the blockwise history attention (default: the library's)")
     ap.add_argument("--dense", action="store_true", help="add a <config>/dense row per config")
+    ap.add_argument("--codes", action="store_true", help="add a <config>/codes row per config (Triton)")
     ap.add_argument("--bandwidth-gbs", type=float, default=4800.0, help="device memory bandwidth (CUDA floor)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = ["dynamic", "none", *args.configs]
     if args.dense:
         rows += [f"{c}/dense" for c in ["none", *args.configs]]
+    if args.codes:
+        rows += [f"{c}/codes" for c in args.configs]
     if not args.no_quanto:
         try:
             _hf_quanto(model.config)

@@ -5,7 +5,7 @@
 # peak memory at 4K/16K/32K tokens on a Llama-2-7B-shaped bf16 model with random weights,
 # chunk 2048 as in ../shared/ANCHORS.md, with the plain-torch packing path for comparison; then
 # decode ms/token after the same prompts (DynamicCache, none, streamkv-4, KIVI-4, HF quanto,
-# blockwise and dense read paths) beside the floor that the bytes read and the bandwidth allow.
+# blockwise, dense and from-the-codes read paths) beside the floor that the bytes read and the bandwidth allow.
 #   device run:  bash benchmarks/gpu_speed.sh   (writes $OUT/speed.txt when OUT is set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +15,4 @@ python3 -c "import torch, transformers, triton; print('torch', torch.__version__
 python3 benchmarks/speed.py --model llama2-7b-random --lengths 4096 16384 32768 --chunk-size 2048 \
     --repeats 3 --torch-path 2>&1 | tee -a "$log"
 python3 benchmarks/decode_speed.py --model llama2-7b-random --lengths 4096 16384 32768 --chunk-size 2048 \
-    --steps 16 --repeats 2 --dense 2>&1 | tee -a "$log"
+    --steps 16 --repeats 2 --dense --codes 2>&1 | tee -a "$log"

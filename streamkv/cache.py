@@ -32,16 +32,19 @@ class CompressedCache(Cache):
     def __init__(self, method, model_config: PretrainedConfig, rotary_emb: RotaryFn | None = None, *,
                  dtype: torch.dtype | None = None, device: torch.device | None = None,
                  fused: bool | None = None, attention_window: int | None = None,
-                 blockwise_queries: int | None = None):
+                 blockwise_queries: int | None = None, code_attention: bool = False):
         """method: a `streamkv.methods.Method`; fused: Triton kernels (None: on CUDA when
         Triton is installed); dtype/device: the model's (None: those of the first keys);
         attention_window / blockwise_queries: the blockwise history attention (None: the
-        defaults of `LayerContext`; attention_window=0: always the dense path)."""
+        defaults of `LayerContext`; attention_window=0: always the dense path); code_attention:
+        with fused, blockwise steps read scores and values from the packed codes
+        (`streamkv.code_attention`; reported as "codes" in the stats' history_reads)."""
         method.check_model(model_config)
         n_layers = model_config.num_hidden_layers
         layers = [method.make_layer(LayerContext(
             layer_idx=i, num_layers=n_layers, n_kv_heads=model_config.num_key_value_heads,
             head_dim=head_dim_of(model_config), fused=fused, dtype=dtype, device=device,
+            code_attention=code_attention,
             **{k: v for k, v in (("attention_window", attention_window),
                                  ("blockwise_queries", blockwise_queries)) if v is not None}))
             for i in range(n_layers)]
@@ -87,7 +90,7 @@ class CompressedCache(Cache):
         layer = self.layers[layer_idx]
         keys, values = layer.update(key_states, value_states, self.step)
         if layer_idx == 0:
-            path = "blockwise" if self._attends_blockwise(layer, key_states.shape[-2]) else "dense"
+            path = layer.history_path(self.step, key_states.shape[-2]) if hasattr(layer, "history_path") else "dense"
             self.history_reads[path] = self.history_reads.get(path, 0) + 1
         if getattr(layer, "unwritten", None) is None:  # else stored (and measured) by `attend`
             self._measure_peak(layer_idx)

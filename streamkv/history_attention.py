@@ -82,6 +82,11 @@ class OnlineSoftmax:
     def add(self, scores: torch.Tensor, values: torch.Tensor, masked: bool = True) -> None:
         """scores [B, H, R, t] fp32 (-inf where masked); values [B, H, t, D]; masked=False
         promises finite scores (no mask so far), which skips the empty-row guard."""
+        self.add_weighted(scores, lambda p: p @ values.float(), masked)
+
+    def add_weighted(self, scores: torch.Tensor, weigh, masked: bool = True) -> None:
+        """As `add`, with the window's values behind `weigh`: p [B, H, R, t] fp32 -> p @ values
+        [B, H, R, D] fp32 (attention from packed codes never builds the values tensor)."""
         m = scores.amax(-1, keepdim=True)
         if self.m is not None:
             m = torch.maximum(m, self.m)
@@ -89,7 +94,7 @@ class OnlineSoftmax:
         if masked:  # a row that saw only masked keys keeps m = -inf; exp(-inf - 0) = 0 keeps it empty
             shift = torch.where(torch.isinf(m), torch.zeros_like(m), m)
         p = torch.exp(scores - shift)
-        l, o = p.sum(-1, keepdim=True), p @ values.float()
+        l, o = p.sum(-1, keepdim=True), weigh(p)
         if self.m is not None:
             alpha = torch.exp(self.m - shift)
             l, o = l + alpha * self.l, o + alpha * self.o

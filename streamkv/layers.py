@@ -42,6 +42,11 @@ class LayerContext:
     # benchmarks/decode_speed.py) while the chunk's own activations dwarf the history copy.
     attention_window: int = 2048
     blockwise_queries: int = 16
+    # With `fused`, blockwise steps compute scores and weighted values straight from the packed
+    # codes (streamkv.code_attention) instead of decoding each window. Off by default until the
+    # kernels are measured on a GPU (they are checked against the reference with Triton's
+    # interpreter only).
+    code_attention: bool = False
 
 
 @dataclass
@@ -220,20 +225,94 @@ class PackedLayer(CacheLayerMixin):
         n = self.length
         return self._read_pieces(step, self._pieces(n), 0, n, extra)
 
-    def history_windows(self, step: Step, n: int, keep_rotation: bool = False):
-        """Yields (start, keys, values) [B, t, C] covering history tokens [0, n) in order, each
-        window whole pieces (blocks, the residual) of at least `attention_window` tokens;
-        keep_rotation: rotated storage stays rotated (see `rotations`)."""
+    def history_path(self, step: Step, n_new: int) -> str:
+        """How a step of n_new tokens reads the history: "dense" (decoded into one buffer,
+        returned by `update`), "blockwise" (`attend`, a decoded window at a time) or "codes"
+        (`attend`, scores and values from the packed codes: `streamkv.code_attention`)."""
+        if not self.attends_blockwise(step, n_new):
+            return "dense"
+        return "codes" if self.reads_codes() else "blockwise"
+
+    def reads_codes(self) -> bool:
+        """Whether `attend` reads scores and values straight from the codes: asked for
+        (`LayerContext.code_attention`) on the Triton path (`fused`), storage in model space (no rotation) and every part affine-coded below 16 bits
+        (an empty history has no parts to say so: False)."""
+        if not (self.ctx.code_attention and self.fused) or not self.blocks or self.rotations() is not None:
+            return False
+        from streamkv import code_attention
+
+        return all(code_attention.usable(part) for block in self.blocks
+                   for part in (*block.keys.parts, *block.values.parts))
+
+    def _windows(self, n: int):
+        """Yields (start, pieces) covering history tokens [0, n) in order, each window whole
+        pieces (blocks, the residual) of at least `attention_window` tokens."""
         pieces, size, start = [], 0, 0
         for piece in self._pieces(n):
             pieces.append(piece)
             size += piece[1] - piece[0]
             if size >= self.ctx.attention_window:
-                yield (start, *self._read_pieces(step, pieces, start, n, keep_rotation=keep_rotation))
+                yield start, pieces
                 start += size
                 pieces, size = [], 0
         if pieces:
+            yield start, pieces
+
+    def history_windows(self, step: Step, n: int, keep_rotation: bool = False):
+        """Yields (start, keys, values) [B, t, C] covering history tokens [0, n) in order, each
+        window whole pieces (blocks, the residual) of at least `attention_window` tokens;
+        keep_rotation: rotated storage stays rotated (see `rotations`)."""
+        for start, pieces in self._windows(n):
             yield (start, *self._read_pieces(step, pieces, start, n, keep_rotation=keep_rotation))
+
+    def _add_code_window(self, acc, step: Step, queries: torch.Tensor, pieces, start: int, n: int,
+                         scale: float, mask: torch.Tensor | None) -> None:
+        """Folds the window `pieces` (tokens [start, start + t)) into `acc` from the packed codes:
+        scores part by part (RoPE moved onto the query for pre-RoPE keys), then the weighted
+        values part by part; the 16-bit residual, if any, through plain matmuls."""
+        from streamkv import code_attention
+
+        t = pieces[-1][1] - start
+        b, h, rows, _ = queries.shape
+        scores = torch.zeros(b, h, rows, t, dtype=torch.float32, device=queries.device)
+        cos = sin = None
+        if self.pre_rope:
+            cos, sin = step.history_rope(n)
+            cos, sin = cos[:, start:start + t].float(), sin[:, start:start + t].float()
+        residual_at = self.length - (self.residual_k.shape[1] if self.residual_k is not None else 0)
+        for lo, hi, block in pieces:
+            at, width = lo - start, hi - lo
+            window = scores[..., at:at + width]
+            c = s = None
+            if cos is not None:
+                c, s = cos[:, at:at + width], sin[:, at:at + width]
+            if block is None:
+                keys = self.residual_k[:, lo - residual_at:hi - residual_at].float()
+                if c is not None:
+                    keys = keys.clone()
+                    quant.apply_rope_flat_(keys, c, s, self.n_heads)
+                window += queries @ history_attention.heads_of(keys, self.n_heads).transpose(-1, -2)
+                continue
+            for part in block.keys.parts:
+                code_attention.part_scores_(window, part, queries, c, s, self.n_heads, self.head_dim)
+        scores.mul_(scale)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+            acc.masked = True
+
+        def weigh(p: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(b, h, rows, self.head_dim, dtype=torch.float32, device=p.device)
+            for lo, hi, block in pieces:
+                probs = p[..., lo - start:hi - start]
+                if block is None:
+                    values = self.residual_v[:, lo - residual_at:hi - residual_at].float()
+                    out += probs @ history_attention.heads_of(values, self.n_heads)
+                    continue
+                for part in block.values.parts:
+                    code_attention.part_values_(out, part, probs, self.n_heads, self.head_dim)
+            return out
+
+        acc.add_weighted(scores, weigh, masked=acc.masked)
 
     def _pieces(self, n: int) -> list[tuple[int, int, Block | None]]:
         """(start, end, block; None = the residual) of the stored tokens [0, n), in order."""
@@ -329,12 +408,18 @@ class PackedLayer(CacheLayerMixin):
         if rotations is not None:  # scores against the stored (rotated) keys
             stored_queries = history_attention.rotate_rows(queries, rotations[0])
         acc = history_attention.OnlineSoftmax()
-        for start, keys, values in self.history_windows(step, n_hist, keep_rotation=rotations is not None):
-            end = start + keys.shape[1]
-            mask = history_attention.window_mask(attention_mask, start, end, q_len, groups,
-                                                 first_query if strict else None)
-            history_attention.add_window(acc, stored_queries, history_attention.heads_of(keys, self.n_heads),
-                                         history_attention.heads_of(values, self.n_heads), scale, mask)
+        if n_hist and self.reads_codes():
+            for start, pieces in self._windows(n_hist):
+                mask = history_attention.window_mask(attention_mask, start, pieces[-1][1], q_len, groups,
+                                                     first_query if strict else None)
+                self._add_code_window(acc, step, queries, pieces, start, n_hist, scale, mask)
+        else:
+            for start, keys, values in self.history_windows(step, n_hist, keep_rotation=rotations is not None):
+                end = start + keys.shape[1]
+                mask = history_attention.window_mask(attention_mask, start, end, q_len, groups,
+                                                     first_query if strict else None)
+                history_attention.add_window(acc, stored_queries, history_attention.heads_of(keys, self.n_heads),
+                                             history_attention.heads_of(values, self.n_heads), scale, mask)
         if rotations is not None and acc.o is not None:  # back to model space, once per step
             acc.o = history_attention.unrotate_rows(acc.o, rotations[1])
         if not strict:
