@@ -33,8 +33,10 @@ class CompressionStats(Mapping):
     # Why a figure is None (a cache whose storage is not made of tensors we can see).
     kv_bytes_note: str = ""
     # How the layers read their history, counted over the cache's forward steps (layer 0):
-    # e.g. "dense x4, blockwise x16" (streamkv.layers: prefill chunks dense, decode blockwise).
+    # e.g. "dense x4, blockwise x16" (streamkv.layers: prefill chunks dense, decode blockwise),
+    # and the same counts as a mapping path -> steps (left out of `scalars`, like per_layer).
     history_reads: str = ""
+    history_read_counts: dict[str, int] = field(default_factory=dict)
 
     # --- the mapping view ----------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -56,7 +58,7 @@ class CompressionStats(Mapping):
         return asdict(self)
 
     def scalars(self) -> dict:
-        return {k: v for k, v in self.to_dict().items() if k != "per_layer"}
+        return {k: v for k, v in self.to_dict().items() if k not in ("per_layer", "history_read_counts")}
 
 
 def compression_stats(cache) -> CompressionStats:
@@ -88,6 +90,7 @@ def compression_stats(cache) -> CompressionStats:
         peak_kv_bytes=cache.peak_bytes,
         per_layer=per_layer,
         history_reads=", ".join(f"{path} x{n}" for path, n in cache.history_reads.items()),
+        history_read_counts=dict(cache.history_reads),
     )
 
 

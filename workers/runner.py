@@ -269,9 +269,8 @@ def _record_stats(totals: _Totals, scalars: dict[str, Any], stats, sample_id: st
     totals.peak_kv_bytes = max(totals.peak_kv_bytes, int(peak))
     if scalars.get("kv_bytes_note"):
         totals.kv_notes.add(scalars["kv_bytes_note"])
-    if scalars.get("history_reads"):
-        totals.history_reads.update(path.split(" x")[0] for path in scalars["history_reads"].split(", "))
     if stats is not None:
+        totals.history_reads.update(stats.history_read_counts)
         traces.add(sample_id, stats)
 
 

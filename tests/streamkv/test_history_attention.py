@@ -198,7 +198,8 @@ def test_the_stats_say_which_read_path_each_step_took(tiny_reference):
     model.generate(torch.randint(0, 256, (1, 70), generator=torch.Generator().manual_seed(8)), max_new_tokens=4,
                    do_sample=False, pad_token_id=0, compression_config=method)
     # chunks of 32, 32 and 6 tokens (6 <= blockwise_queries: read blockwise), then 3 decode steps
-    assert model.get_compression_stats().history_reads == "dense x2, blockwise x4"
+    stats = model.get_compression_stats()
+    assert stats.history_reads == "dense x2, blockwise x4" and stats.history_read_counts == {"dense": 2, "blockwise": 4}
     dense = CompressedCache(method, model.config, model.model.rotary_emb, attention_window=0)
     model(torch.zeros(1, 40, dtype=torch.long), past_key_values=dense)
     assert model.get_compression_stats(dense).history_reads == "dense x2"
