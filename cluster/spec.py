@@ -429,21 +429,19 @@ def _ruler_cells(problems: _Problems, path: str, entry: Mapping[str, Any],
     if "context_length" in entry and "context_lengths" in entry:
         problems.add(path, "give context_length: N or context_lengths: [N, ...], not both")
         return None
-    if "context_lengths" in entry:
-        lengths = entry["context_lengths"]
-        if not isinstance(lengths, (list, tuple)) or not lengths:
-            problems.add(f"{path}.context_lengths", f"{lengths!r} must be a non-empty list of token counts")
+    def items(key: str, what: str) -> list[tuple[str, Any]] | None:
+        """(path, value) of each entry of the list entry[key]; None (reported) if it is not one."""
+        values = entry[key]
+        if not isinstance(values, (list, tuple)) or not values:
+            problems.add(f"{path}.{key}", f"{values!r} must be a non-empty list of {what}")
             return None
-        length_items = [(f"{path}.context_lengths[{i}]", v) for i, v in enumerate(lengths)]
-    else:
-        length_items = [(f"{path}.context_length", entry.get("context_length", DatasetSpec.context_length))]
-    depth_items: list[tuple[str, Any]] = [("", None)]
-    if "depths" in entry:
-        depths = entry["depths"]
-        if not isinstance(depths, (list, tuple)) or not depths:
-            problems.add(f"{path}.depths", f"{depths!r} must be a non-empty list of percents (0..100)")
-            return None
-        depth_items = [(f"{path}.depths[{i}]", v) for i, v in enumerate(depths)]
+        return [(f"{path}.{key}[{i}]", v) for i, v in enumerate(values)]
+
+    length_items = (items("context_lengths", "token counts") if "context_lengths" in entry else
+                    [(f"{path}.context_length", entry.get("context_length", DatasetSpec.context_length))])
+    depth_items = items("depths", "percents (0..100)") if "depths" in entry else [("", None)]
+    if length_items is None or depth_items is None:
+        return None
     return [(lp, length, dp, depth) for lp, length in length_items for dp, depth in depth_items]
 
 
