@@ -60,7 +60,7 @@ def _part_scores_kernel(scores_ptr, q_ptr, data_ptr, lo_ptr, step_ptr, seg_ptr, 
     b = pid // N_HEADS
     h = pid % N_HEADS
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    r = tl.arange(0, BLOCK_R)
+    r = tl.program_id(2) * BLOCK_R + tl.arange(0, BLOCK_R)
     mt, mr = t < T, r < R
     first = tl.load(range_ptr + h)
     last = tl.load(range_ptr + h + 1)
@@ -110,7 +110,7 @@ def _part_values_kernel(out_ptr, p_ptr, data_ptr, lo_ptr, step_ptr, seg_ptr, cha
     ch = first + tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mc = ch < last
     ch_safe = tl.where(mc, ch, 0)
-    r = tl.arange(0, BLOCK_R)
+    r = tl.program_id(2) * BLOCK_R + tl.arange(0, BLOCK_R)
     mr = r < R
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     for t0 in range(0, T, BLOCK_T):
@@ -134,6 +134,11 @@ def _part_values_kernel(out_ptr, p_ptr, data_ptr, lo_ptr, step_ptr, seg_ptr, cha
 
 # --- launchers ---------------------------------------------------------------------------------
 _BLOCK_T, _BLOCK_C = 16, 16
+_MAX_BLOCK_R = 16  # query rows per program; more rows (long chunks, wide GQA) take more programs
+
+
+def _row_block(rows: int) -> int:
+    return min(_MAX_BLOCK_R, triton.next_power_of_2(rows))
 
 
 def head_ranges(channels: torch.Tensor | None, n_heads: int, head_dim: int, device) -> torch.Tensor:
@@ -180,7 +185,8 @@ def part_scores_(scores: torch.Tensor, part, queries: torch.Tensor, cos: torch.T
         cos = sin = lo  # unused pointers
     s_cb = cos.stride(0) if pre_rope and cos.shape[0] > 1 else 0
     seg = part.layout.segment_of
-    grid = (b * n_heads, triton.cdiv(t, _BLOCK_T))
+    block_r = _row_block(rows)
+    grid = (b * n_heads, triton.cdiv(t, _BLOCK_T), triton.cdiv(rows, block_r))
     _part_scores_kernel[grid](
         scores, queries, part.data, lo, step, seg if seg is not None else lo,
         part.channels if part.channels is not None else lo, ranges, cos, sin,
@@ -189,7 +195,7 @@ def part_scores_(scores: torch.Tensor, part, queries: torch.Tensor, cos: torch.T
         s_gb, s_gg, s_cb, cos.stride(1) if pre_rope else 0,
         BITS=part.bits, HAS_SEG=seg is not None, HAS_CHAN=part.channels is not None,
         TOKEN_GROUP=_token_group(part.layout.token_group), PRE_ROPE=pre_rope, HEAD_DIM=head_dim,
-        N_HEADS=n_heads, BLOCK_R=triton.next_power_of_2(rows), BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C)
+        N_HEADS=n_heads, BLOCK_R=block_r, BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C)
 
 
 def part_values_(out: torch.Tensor, part, probs: torch.Tensor, n_heads: int, head_dim: int) -> None:
@@ -204,7 +210,9 @@ def part_values_(out: torch.Tensor, part, probs: torch.Tensor, n_heads: int, hea
     ranges = head_ranges(part.channels, n_heads, head_dim, out.device)
     s_gb, s_gg = _grid_strides(lo)
     seg = part.layout.segment_of
-    grid = (b * n_heads, triton.cdiv(head_dim, _BLOCK_C))  # a head holds at most head_dim channels
+    block_r = _row_block(rows)
+    # a head holds at most head_dim channels of a part
+    grid = (b * n_heads, triton.cdiv(head_dim, _BLOCK_C), triton.cdiv(rows, block_r))
     _part_values_kernel[grid](
         out, probs, part.data, lo, step, seg if seg is not None else lo,
         part.channels if part.channels is not None else lo, ranges,
@@ -213,7 +221,7 @@ def part_values_(out: torch.Tensor, part, probs: torch.Tensor, n_heads: int, hea
         s_gb, s_gg,
         BITS=part.bits, HAS_SEG=seg is not None, HAS_CHAN=part.channels is not None,
         TOKEN_GROUP=_token_group(part.layout.token_group), HEAD_DIM=head_dim, N_HEADS=n_heads,
-        BLOCK_R=triton.next_power_of_2(rows), BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C)
+        BLOCK_R=block_r, BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C)
 
 
 __all__ = ["head_ranges", "part_scores_", "part_values_", "usable"]
