@@ -90,16 +90,11 @@ class CompressedCache(Cache):
         layer = self.layers[layer_idx]
         keys, values = layer.update(key_states, value_states, self.step)
         if layer_idx == 0:
-            path = layer.history_path(self.step, key_states.shape[-2]) if hasattr(layer, "history_path") else "dense"
+            path = getattr(layer, "step_path", "dense")  # decided by the layer's update
             self.history_reads[path] = self.history_reads.get(path, 0) + 1
         if getattr(layer, "unwritten", None) is None:  # else stored (and measured) by `attend`
             self._measure_peak(layer_idx)
         return keys, values
-
-    def _attends_blockwise(self, layer, n_tokens: int) -> bool:
-        """Whether `layer` leaves this step's history to `attend` (layers that are not packed
-        streamkv layers always return it from `update`)."""
-        return hasattr(layer, "attends_blockwise") and layer.attends_blockwise(self.step, n_tokens)
 
     def _measure_peak(self, layer_idx: int) -> None:
         if layer_idx == len(self.layers) - 1:  # every layer has stored this step's tokens
@@ -110,7 +105,7 @@ class CompressedCache(Cache):
         """Attention of layer `layer_idx` read from its packed history ([B, q, Hq, D]), or None
         when that layer returned the whole history from `update` (the caller attends densely)."""
         layer = self.layers[layer_idx]
-        if not self._attends_blockwise(layer, query.shape[2]):
+        if getattr(layer, "step_path", "dense") == "dense":  # update returned the whole history
             return None
         out = layer.attend(query, keys, values, attention_mask, scale, self.step)
         self._measure_peak(layer_idx)

@@ -122,6 +122,9 @@ class PackedLayer(CacheLayerMixin):
         self.fused: bool | None = ctx.fused  # resolved on the first update when None
         # A chunk `update` handed to `attend` (blockwise, not strict) and `attend` has yet to store.
         self.unwritten: tuple[torch.Tensor, torch.Tensor] | None = None
+        # How `update` decided this step reads the history (`history_path`), decided once, before
+        # the chunk is stored, so `attend` and the stats follow the same choice.
+        self.step_path = "dense"
 
     # --- transformers' layer protocol ---------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -149,7 +152,8 @@ class PackedLayer(CacheLayerMixin):
         strict = self.settings.quantize_current_chunk
         n_old, n_new = self.length, key_states.shape[-2]
         new_k, new_v = to_flat(keys), to_flat(value_states)
-        if self.attends_blockwise(step, n_new):  # attention reads the history itself (`attend`)
+        self.step_path = self.history_path(step, n_new)
+        if self.step_path != "dense":  # attention reads the history itself (`attend`)
             if strict:  # the chunk is read back quantized, as on the dense path
                 self._store(new_k, new_v)
             else:  # stored by `attend` once it has read the history, as on the dense path
@@ -183,7 +187,7 @@ class PackedLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.blocks, self.residual_k, self.residual_v, self.length = [], None, None, 0
-        self.unwritten = None
+        self.unwritten, self.step_path = None, "dense"
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError("beam search is not supported by streamkv caches; "
@@ -215,8 +219,12 @@ class PackedLayer(CacheLayerMixin):
 
     # --- reading the history back ---------------------------------------------------------
     def attends_blockwise(self, step: Step, n_new: int) -> bool:
-        """Whether a step of n_new tokens leaves the history to `attend` (see LayerContext)."""
-        return step.blockwise and self.ctx.attention_window > 0 and n_new <= self.ctx.blockwise_queries
+        """Whether a step of n_new tokens leaves the history to `attend` (see LayerContext): decode
+        steps, and with code attention every step once there are codes to read (a prefill chunk
+        then attends to its history from the codes and to itself in full precision)."""
+        if not (step.blockwise and self.ctx.attention_window > 0):
+            return False
+        return n_new <= self.ctx.blockwise_queries or self.reads_codes()
 
     def read(self, step: Step, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V [B, T + extra, C] whose first T tokens are the stored history dequantized (K
@@ -398,7 +406,7 @@ class PackedLayer(CacheLayerMixin):
         q_len, n_q_heads = query.shape[2], query.shape[1]
         groups = n_q_heads // self.n_heads
         strict = self.settings.quantize_current_chunk
-        if not strict and self.unwritten is None:
+        if self.step_path == "dense" or (not strict and self.unwritten is None):
             raise RuntimeError("attend() without a chunk from update(): call update() first")
         n_hist = self.length  # strict: the chunk is stored already
         first_query = self.length - q_len if strict else self.length  # key position of query 0
@@ -408,7 +416,7 @@ class PackedLayer(CacheLayerMixin):
         if rotations is not None:  # scores against the stored (rotated) keys
             stored_queries = history_attention.rotate_rows(queries, rotations[0])
         acc = history_attention.OnlineSoftmax()
-        if n_hist and self.reads_codes():
+        if n_hist and self.step_path == "codes":
             for start, pieces in self._windows(n_hist):
                 mask = history_attention.window_mask(attention_mask, start, pieces[-1][1], q_len, groups,
                                                      first_query if strict else None)

@@ -184,3 +184,32 @@ def test_code_attention_is_asked_for_and_needs_the_triton_path(tiny_reference):
     for fused, codes in ((True, False), (False, True)):  # not asked for; no Triton path
         _, cache = run_model(model, method, ids, fused=fused, window=16, codes=codes, steps=2)
         assert "codes" not in cache.history_reads and cache.history_reads.get("blockwise", 0) >= 2
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@torch.no_grad()
+def test_with_code_attention_prefill_chunks_read_their_history_from_the_codes(tiny_reference, strict):
+    """Chunks longer than blockwise_queries: dense without code attention, from the codes with it
+    (history in codes, the chunk itself in full precision or, strict, from its own codes)."""
+    from streamkv import CompressedCache, CompressedLlamaForCausalLM, preset
+
+    model = CompressedLlamaForCausalLM(tiny_reference.config).eval()
+    model.load_state_dict(tiny_reference.state_dict())
+    method = preset("streamkv-3", chunk_size=16, quantize_current_chunk=strict)
+    ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(6))
+    runs = {}
+    for codes in (False, True):
+        cache = CompressedCache(method, model.config, model.model.rotary_emb, fused=True, attention_window=16,
+                                code_attention=codes)  # blockwise_queries: the default 16
+        runs[codes] = (model(ids, past_key_values=cache).logits, cache)
+    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-4, atol=1e-4)
+    assert runs[False][1].history_reads == {"blockwise": 4}  # 16-token chunks: at most blockwise_queries
+    assert runs[True][1].history_reads == {"blockwise": 1, "codes": 3}  # the first chunk has no codes yet
+    big = {}
+    for codes in (False, True):  # 32-token chunks, above blockwise_queries=16
+        cache = CompressedCache(method.replace(chunk_size=32), model.config, model.model.rotary_emb, fused=True,
+                                attention_window=16, code_attention=codes)
+        big[codes] = (model(ids, past_key_values=cache).logits, cache)
+    torch.testing.assert_close(big[True][0], big[False][0], rtol=1e-4, atol=1e-4)
+    assert big[False][1].history_reads == {"dense": 2}
+    assert big[True][1].history_reads == {"dense": 1, "codes": 1}
