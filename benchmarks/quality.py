@@ -4,7 +4,7 @@
     python benchmarks/quality.py --protocol strict      # KVQuant's protocol (see README)
 
 Rows: no compression, INT8, naive INT4 per token, KIVI-4/2, the rotated peers (TurboQuant-style
-at 2/2.5/3/3.5/4 bits, QuaRot-style at 4/3), and ours at 4/3/2 bits with and without
+at 2/2.5/3/3.5/4 bits and its QJL variant at 4/3/2, QuaRot-style at 4/3), and ours at 4/3/2 bits with and without
 sink/outlier protection (`--ablation` adds range mode, statistics and value groups).
 Perplexity deltas are relative to the no-compression row of the same run.
 """
@@ -29,7 +29,7 @@ from workers.perplexity import WindowResult, load_text, perplexity, token_window
 def rows(ablation: bool) -> dict[str, Method]:
     out = {name: preset(name) for name in ("none", "int8", "int4_token", "kivi-4", "kivi-2")}
     for name in ("turboquant-4", "turboquant-3.5", "turboquant-3", "turboquant-2.5", "turboquant-2",
-                 "quarot-4", "quarot-3"):
+                 "turboquant-4-qjl", "turboquant-3-qjl", "turboquant-2-qjl", "quarot-4", "quarot-3"):
         out[name] = preset(name)
     for bits in (4, 3, 2):
         out[f"streamkv-{bits}"] = preset(f"streamkv-{bits}")

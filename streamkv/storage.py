@@ -9,6 +9,7 @@ floating-point input: what a block holds is what `nbytes` reports.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -257,20 +258,31 @@ class CodebookPart:
     n_segments: int
     data: torch.Tensor  # uint8 [B, T, packed] codes
     norm: torch.Tensor  # fp16 [B, T, n_seg]
+    # QJL on the residual (TurboQuant_prod): S [n_seg, m, m] a seeded Gaussian per segment of m
+    # channels (regenerated from a seed, so not stored bytes, like the rotations), the signs of
+    # S r packed 1 bit per channel [B, T, ceil(c/8)] and |r| per token and segment (fp16).
+    projection: torch.Tensor | None = None
+    signs: torch.Tensor | None = None
+    residual_norm: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
         return self.data.shape[1]
 
     def tensors(self) -> list[torch.Tensor]:
-        held = [self.data, self.norm, self.levels, self.segment_of, self.channels]
+        held = [self.data, self.norm, self.levels, self.segment_of, self.channels, self.signs, self.residual_norm]
         return [t for t in held if t is not None]
 
     def decode(self, dtype: torch.dtype) -> torch.Tensor:
-        """-> [B, T, c] in `dtype`: level of each code times its segment's norm."""
+        """-> [B, T, c] in `dtype`: level of each code times its segment's norm (plus, with QJL,
+        sqrt(pi/2) / m |r| S^T sign(S r) per segment: an inner product with it is the unbiased
+        estimate of the inner product with the residual r)."""
         codes = quant.unpack_bits(self.data, self.bits, self.n_channels).long()
         norm = self.norm.float().index_select(-1, self.segment_of.long())
-        return (self.levels[codes] * norm).to(dtype)
+        out = self.levels[codes] * norm
+        if self.projection is not None:
+            out = out + qjl_residual(self.signs, self.residual_norm, self.projection, self.n_channels)
+        return out.to(dtype)
 
     def decode_into(self, out: torch.Tensor, start: int, fused: bool = False) -> None:
         """Writes the part's tokens into out[:, start:start+T] at its channels (plain torch ops:
@@ -278,26 +290,31 @@ class CodebookPart:
         write_at_channels(out, start, self.decode(out.dtype), self.channels)
 
     def joinable(self, other) -> bool:
-        """Whether `join` can take other's tokens as they are (same codebook and channels)."""
+        """Whether `join` can take other's tokens as they are (same codebook, channels, projection)."""
         return (isinstance(other, CodebookPart) and other.levels is self.levels
-                and other.channels is self.channels and other.bits == self.bits)
+                and other.channels is self.channels and other.bits == self.bits
+                and other.projection is self.projection)
 
     def join(self, other: CodebookPart) -> None:
         """Appends the tokens of `other` (`joinable` must hold; each token is coded on its own)."""
         self.data = torch.cat([self.data, other.data], dim=1)
         self.norm = torch.cat([self.norm, other.norm], dim=1)
+        if self.projection is not None:
+            self.signs = torch.cat([self.signs, other.signs], dim=1)
+            self.residual_norm = torch.cat([self.residual_norm, other.residual_norm], dim=1)
 
     def extend(self, x: torch.Tensor) -> None:
         """Appends tokens x [B, t, c] (each token is coded on its own, so this is exact)."""
-        new = encode_codebook(x, self.bits, self.levels, self.segment_of, self.n_segments, channels=self.channels)
-        self.data = torch.cat([self.data, new.data], dim=1)
-        self.norm = torch.cat([self.norm, new.norm], dim=1)
+        self.join(encode_codebook(x, self.bits, self.levels, self.segment_of, self.n_segments,
+                                  channels=self.channels, projection=self.projection))
 
 
 def encode_codebook(x: torch.Tensor, bits: int, levels: torch.Tensor, segment_of: torch.Tensor, n_segments: int,
-                    *, channels: torch.Tensor | None = None) -> CodebookPart:
+                    *, channels: torch.Tensor | None = None,
+                    projection: torch.Tensor | None = None) -> CodebookPart:
     """Codes x [B, T, c]: per token and segment, the norm (fp16, rounded before the direction is
-    coded so decoding uses exactly it) and the nearest level of each coordinate of x / norm."""
+    coded so decoding uses exactly it) and the nearest level of each coordinate of x / norm.
+    projection [n_seg, m, m]: also QJL signs of the residual (segments of m contiguous channels)."""
     from streamkv.codebooks import nearest_level
 
     x = x.float()
@@ -306,8 +323,28 @@ def encode_codebook(x: torch.Tensor, bits: int, levels: torch.Tensor, segment_of
     norm = _to_scale(sq.index_add_(-1, seg, x * x).sqrt())
     unit = x / norm.float().clamp_min(quant.EPS).index_select(-1, seg)
     codes = nearest_level(unit, levels)
-    return CodebookPart(bits, channels, x.shape[-1], levels, segment_of, n_segments,
+    part = CodebookPart(bits, channels, x.shape[-1], levels, segment_of, n_segments,
                         quant.pack_bits(codes, bits).contiguous(), norm)
+    if projection is not None:
+        residual = x - levels.to(x.device)[codes.long()] * norm.float().index_select(-1, seg)  # [B, T, c]
+        by_seg = residual.view(*x.shape[:-1], n_segments, -1)  # segments are contiguous, m channels each
+        part.residual_norm = _to_scale(by_seg.norm(dim=-1))
+        z = torch.einsum("bthj,hij->bthi", by_seg, projection)  # S r per segment
+        part.signs = quant.pack_bits((z >= 0).to(torch.uint8).reshape(x.shape), 1).contiguous()
+        part.projection = projection
+    return part
+
+
+def qjl_residual(signs: torch.Tensor, residual_norm: torch.Tensor, projection: torch.Tensor,
+                 n_channels: int) -> torch.Tensor:
+    """[B, T, c] fp32: sqrt(pi/2) / m |r| S^T s per segment of m channels, s = +-1 the stored
+    signs of S r (QJL, Zandieh et al.): E[<q, this>] = <q, r> for any q."""
+    s = quant.unpack_bits(signs, 1, n_channels).float().mul_(2).sub_(1)  # [B, T, c] in {-1, +1}
+    n_seg, m, _ = projection.shape
+    s = s.view(*s.shape[:-1], n_seg, m)
+    back = torch.einsum("bthi,hij->bthj", s, projection)  # S^T s per segment
+    scale = math.sqrt(math.pi / 2) / m * residual_norm.float()  # [B, T, n_seg]
+    return (back * scale.unsqueeze(-1)).reshape(*s.shape[:-2], n_channels)
 
 
 @dataclass

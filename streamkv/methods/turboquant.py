@@ -17,8 +17,15 @@ codebook) code them, the outliers at one bit more. The paper prints the 2.5-bit 
 take the bit budget as the definition: half the channels of each head at b+1 bits, half at b,
 exactly b + 0.5 bits per coordinate before the norms. Outlier channels are the half of each
 head's channels with the largest RMS over the layer's first chunk (fixed from then on; their
-indices are stored and counted). The paper's QJL residual variant (TurboQuant_prod) is not
-implemented here.
+indices are stored and counted).
+
+QJL (`qjl: true`, keys only: the paper's TurboQuant_prod, Algorithm 2): a key of b bits per
+coordinate is coded with the (b-1)-bit MSE quantizer, and its residual r with one more bit per
+coordinate, the signs of S r for a seeded Gaussian S (m x m per head and subset, regenerated
+from `seed`), plus |r| in fp16. The decoded key adds sqrt(pi/2)/m |r| S^T sign(S r), whose
+inner product with any query is an unbiased estimate of <q, r>: the scores are unbiased (the
+MSE quantizer alone shrinks them by about its distortion), at the price of variance. Values
+keep the MSE quantizer (the paper's choice: they are averaged, not dotted with queries).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from streamkv.families import head_dim_of
 from streamkv.layers import Block, LayerContext, PackedLayer
 from streamkv.methods.base import Method
 from streamkv.methods.registry import register_method, register_preset
-from streamkv.settings import Check, Problem, integer, is_number, setting
+from streamkv.settings import Check, Problem, boolean, integer, is_number, setting
 from streamkv.storage import INDEX_DTYPE, PackedTensor, encode_codebook
 
 ALLOWED_BITS: tuple[float, ...] = (2.0, 2.5, 3.0, 3.5, 4.0)
@@ -49,6 +56,7 @@ class _SubsetPlan:
     channels: torch.Tensor | None  # int16 [c] flattened channel indices; None = all channels
     segment_of: torch.Tensor  # int16 [c]: the KV head of each channel (one vector per head)
     levels: torch.Tensor  # fp32 [2**bits]
+    projection: torch.Tensor | None = None  # QJL: fp32 [H, m, m] Gaussian per head (m channels each)
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,8 @@ class TurboQuantLayer(PackedLayer):
     def _encode(self, plan: _KindPlan, x: torch.Tensor) -> PackedTensor:
         y = rotation.rotate(x, plan.rotations)  # [B, S, C] fp32, each subset rotated within itself
         parts = [encode_codebook(y if p.channels is None else y.index_select(-1, p.channels.long()),
-                                 p.bits, p.levels, p.segment_of, self.n_heads, channels=p.channels)
+                                 p.bits, p.levels, p.segment_of, self.n_heads, channels=p.channels,
+                                 projection=p.projection)
                  for p in plan.subsets]
         return PackedTensor(parts, self.n_channels)
 
@@ -87,10 +96,20 @@ class TurboQuantLayer(PackedLayer):
         the outlier channels of this first chunk)."""
         h, d, dev = self.n_heads, self.head_dim, x.device
         seed, layer = self.settings.seed, self.ctx.layer_idx
+        qjl = self.settings.qjl and kind == 0  # keys only: one of their bits goes to the QJL signs
+        mse = 1 if qjl else 0  # bits the MSE codebook gives up
+
+        def projection(m: int, subset: int) -> torch.Tensor | None:
+            if not qjl:
+                return None
+            gens = [torch.Generator().manual_seed(_seed(seed, layer, 2 + kind, i, subset)) for i in range(h)]
+            return torch.stack([torch.randn(m, m, generator=g) for g in gens]).to(dev)
+
         heads = torch.arange(h, device=dev).repeat_interleave(d).to(INDEX_DTYPE)
         if bits == int(bits):
             rot = torch.stack([rotation.randomized_hadamard(d, _seed(seed, layer, kind, i, 0)) for i in range(h)])
-            whole = _SubsetPlan(int(bits), None, heads, sphere_levels(d, int(bits)).to(dev))
+            b = int(bits) - mse
+            whole = _SubsetPlan(b, None, heads, sphere_levels(d, b).to(dev), projection(d, 0))
             return _KindPlan(rot.to(dev), (whole,))
         low, half = math.floor(bits), d // 2
         high_idx = outlier_channels(x, h, half).cpu()  # [H, d/2] within-head indices
@@ -104,10 +123,10 @@ class TurboQuantLayer(PackedLayer):
                     half, _seed(seed, layer, kind, i, j))
         offsets = (torch.arange(h) * d).unsqueeze(1)
         subsets = tuple(
-            _SubsetPlan(b, (idx + offsets).flatten().to(INDEX_DTYPE).to(dev),
+            _SubsetPlan(b - mse, (idx + offsets).flatten().to(INDEX_DTYPE).to(dev),
                         torch.arange(h, device=dev).repeat_interleave(half).to(INDEX_DTYPE),
-                        sphere_levels(half, b).to(dev))
-            for b, idx in ((low + 1, high_idx), (low, low_idx)))
+                        sphere_levels(half, b - mse).to(dev), projection(half, j))
+            for j, (b, idx) in enumerate(((low + 1, high_idx), (low, low_idx))))
         return _KindPlan(rot.to(dev), subsets)
 
     def rotations(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +145,8 @@ class TurboQuant(Method):
                                           "the largest-RMS half, at one bit more)")
     value_bits: float = setting(4.0, _BITS, "bits per value coordinate (as key_bits)")
     seed: int = setting(0, integer(0), "seed of the random rotations (+ layer, head, kind): reproducible runs")
+    qjl: bool = setting(False, boolean(), "keys: (b-1)-bit MSE codes + 1-bit QJL signs of the residual "
+                                          "(TurboQuant_prod: unbiased scores)")
 
     def model_problems(self, model_config) -> list[Problem]:
         head_dim = head_dim_of(model_config)
@@ -138,6 +159,13 @@ class TurboQuant(Method):
     def make_layer(self, ctx: LayerContext) -> TurboQuantLayer:
         return TurboQuantLayer(self, ctx)
 
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        if not data["qjl"]:  # added later: configs without it keep their config_id
+            del data["qjl"]
+        return data
+
 
 for _bits in ALLOWED_BITS:
     register_preset(f"turboquant-{_bits:g}", TurboQuant, key_bits=_bits, value_bits=_bits)
+    register_preset(f"turboquant-{_bits:g}-qjl", TurboQuant, key_bits=_bits, value_bits=_bits, qjl=True)

@@ -189,3 +189,45 @@ def test_settings_are_checked():
     problems = TurboQuant().model_problems(tiny_llama_config(hidden_size=96, num_attention_heads=4))  # head_dim 24
     assert problems and "power of two" in problems[0].message and "24" in problems[0].message
     assert TurboQuant().model_problems(tiny_llama_config()) == []
+
+
+# --- QJL on the key residual (TurboQuant_prod) -----------------------------------------------------
+def test_qjl_scores_are_unbiased_where_the_mse_quantizer_shrinks_them():
+    """Over many random Gaussian projections, <q, decoded> averages to <q, x> with QJL; the
+    (b-1)-bit MSE reconstruction alone is biased towards 0 (its scores are shrunk)."""
+    g = torch.Generator().manual_seed(0)
+    d, n_vec = 64, 64
+    x = torch.randn(1, n_vec, d, generator=g)
+    q = torch.randn(d, generator=g)
+    seg = torch.zeros(d, dtype=torch.int16)
+    levels = sphere_levels(d, 1)
+    truth = x[0] @ q  # [n_vec]
+    mse = encode_codebook(x, 1, levels, seg, 1).decode(torch.float32)[0] @ q
+    draws = torch.stack([encode_codebook(x, 1, levels, seg, 1, projection=torch.randn(1, d, d, generator=g))
+                         .decode(torch.float32)[0] @ q for _ in range(400)])  # [draws, n_vec]
+    slope = lambda est: float((est * truth).sum() / (truth * truth).sum())  # noqa: E731
+    assert slope(mse) < 0.75  # 1-bit MSE codes shrink scores by ~(1 - distortion) = 0.64
+    assert slope(draws.mean(0)) == pytest.approx(1.0, abs=0.05)  # QJL: unbiased on average
+    # and a single draw's estimate is centered on the truth, with QJL's variance
+    assert float((draws.mean(0) - truth).abs().mean()) < float((mse - truth).abs().mean())
+
+
+def test_qjl_keys_store_b_minus_1_bit_codes_signs_and_a_residual_norm(tiny_reference, prompt):
+    plain = preset("turboquant-3", chunk_size=32)
+    method = preset("turboquant-3-qjl", chunk_size=32)
+    assert method.qjl and "qjl" not in plain.to_dict() and method.config_id != plain.config_id
+    model, out = _run(tiny_reference, prompt, method)
+    layer = out.past_key_values.layers[0]
+    key, value = layer.blocks[0].keys.parts[0], layer.blocks[0].values.parts[0]
+    assert key.bits == 2 and key.signs is not None and value.bits == 3 and value.signs is None
+    c, h = 32, 2
+    # keys: 2-bit codes + 1 sign bit per coordinate + two fp16 norms per head; values unchanged
+    per_token = packed_size(c, 2) + packed_size(c, 1) + 2 * 2 * h
+    assert layer.nbytes("keys") == 2 * 150 * per_token + 4 * 4 + 2 * c
+    assert layer.nbytes("values") == _expected_bytes_per_kind(3, 2, 150, 2, 16)
+    # decode steps extend the parts with their signs; the logits stay finite and close
+    with torch.no_grad():
+        step = model(prompt[:, :1], past_key_values=out.past_key_values)
+    assert torch.isfinite(step.logits).all() and layer.blocks[-1].keys.parts[0].signs.shape[1] >= 1
+    _, ref = _run(tiny_reference, prompt, preset("none"))
+    assert (out.logits - ref.logits).abs().mean() < 0.5 * ref.logits.abs().mean()
