@@ -62,7 +62,7 @@ def panel(points: list[tuple[str, float, float]], title: str, x0: int, y_max: fl
     for name, b, d in points:
         x, y = px(b), py(d)
         out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{COLORS.get(family(name), "#7f7f7f")}">'
-                   f'<title>{name}: {b:.2f} bits, +{d:.2f}%</title></circle>'
+                   f'<title>{name}: {b:.2f} bits, {d:+.2f}%</title></circle>'
                    f'<text x="{x + 6:.1f}" y="{y + 3:.1f}" font-size="8">{name}</text>')
     return "".join(out)
 
