@@ -218,13 +218,6 @@ class PackedLayer(CacheLayerMixin):
         return self._shared[key]
 
     # --- reading the history back ---------------------------------------------------------
-    def attends_blockwise(self, step: Step, n_new: int) -> bool:
-        """Whether a step of n_new tokens leaves the history to `attend` (see LayerContext): decode
-        steps, and with code attention every step once there are codes to read (a prefill chunk
-        then attends to its history from the codes and to itself in full precision)."""
-        if not (step.blockwise and self.ctx.attention_window > 0):
-            return False
-        return n_new <= self.ctx.blockwise_queries or self.reads_codes()
 
     def read(self, step: Step, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V [B, T + extra, C] whose first T tokens are the stored history dequantized (K
@@ -236,15 +229,21 @@ class PackedLayer(CacheLayerMixin):
     def history_path(self, step: Step, n_new: int) -> str:
         """How a step of n_new tokens reads the history: "dense" (decoded into one buffer,
         returned by `update`), "blockwise" (`attend`, a decoded window at a time) or "codes"
-        (`attend`, scores and values from the packed codes: `streamkv.code_attention`)."""
-        if not self.attends_blockwise(step, n_new):
+        (`attend`, scores and values from the packed codes: `streamkv.code_attention`).
+        `attend` takes decode steps (see LayerContext), and with code attention every step once
+        there are codes to read (a prefill chunk then attends to its history from the codes and
+        to itself in full precision)."""
+        if not (step.blockwise and self.ctx.attention_window > 0):
             return "dense"
-        return "codes" if self.reads_codes() else "blockwise"
+        if self.reads_codes():  # walks every part: once per step
+            return "codes"
+        return "blockwise" if n_new <= self.ctx.blockwise_queries else "dense"
 
     def reads_codes(self) -> bool:
         """Whether `attend` reads scores and values straight from the codes: asked for
-        (`LayerContext.code_attention`) on the Triton path (`fused`), storage in model space (no rotation) and every part affine-coded below 16 bits
-        (an empty history has no parts to say so: False)."""
+        (`LayerContext.code_attention`) on the Triton path (`fused`), storage in model space (no
+        rotation) and every part affine-coded below 16 bits (an empty history has no parts to
+        say so: False)."""
         if not (self.ctx.code_attention and self.fused) or not self.blocks or self.rotations() is not None:
             return False
         from streamkv import code_attention
