@@ -19,6 +19,11 @@ def head_dim_of(model_config: PretrainedConfig) -> int:
         model_config.hidden_size // model_config.num_attention_heads)
 
 
+def kv_heads_of(model_config: PretrainedConfig) -> int:
+    """KV heads per layer (num_attention_heads when the config has no GQA field)."""
+    return getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
+
+
 def unsupported_reason(model_config: PretrainedConfig) -> str | None:
     """Why streamkv cannot compress this model correctly, or None when it can."""
     model_type = getattr(model_config, "model_type", "?")
@@ -50,4 +55,4 @@ def check_supported(model_config: PretrainedConfig) -> None:
         raise ValueError(f"streamkv cannot compress this model: {reason}")
 
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "check_supported", "head_dim_of", "unsupported_reason"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "check_supported", "head_dim_of", "kv_heads_of", "unsupported_reason"]

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from streamkv.channel_stats import ChannelStats, outlier_mask
-from streamkv.families import head_dim_of
+from streamkv.families import head_dim_of, kv_heads_of
 from streamkv.layers import Block, LayerContext, PackedLayer
 from streamkv.methods.base import Method
 from streamkv.methods.registry import register_method, register_preset
@@ -126,8 +126,7 @@ class PackedLayoutSettings(Method):
         if groups and head_dim % groups:
             problems.append(Problem("value_quant_groups", f"{groups} must divide the model's head_dim={head_dim} "
                                                           f"(allowed: 0 or a divisor of {head_dim})"))
-        n_kv_heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
-        return problems + self.layer_count_problems(model_config.num_hidden_layers, n_kv_heads)
+        return problems + self.layer_count_problems(model_config.num_hidden_layers, kv_heads_of(model_config))
 
     def layer_count_problems(self, n_layers: int, n_kv_heads: int | None = None) -> list[Problem]:
         problems = [Problem(name, f"has {len(value)} entries; the model has num_hidden_layers={n_layers} "
