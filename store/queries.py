@@ -37,6 +37,7 @@ from .repository import (
 from .entities import UNIT_STATUSES
 from .intervals import DEFAULT_RESAMPLES, bootstrap_interval
 from .schema import UtcDateTime, v_task_scores, v_unit_results
+from .searches import shard_index
 
 FilterValues = Any  # a scalar or an iterable of allowed values (None matches NULL)
 
@@ -344,7 +345,7 @@ def pooled_intervals(engine: Engine, groups: pd.DataFrame, *,
         per_unit = group.groupby("unit_id").agg(n=("n_samples", "first"), scored=("score", "count"))
         if (per_unit["n"] != per_unit["scored"]).any():
             continue  # a unit without per-sample scores (or with missing ones): no pooled figure
-        group = group.assign(shard_index=group["shard"].map(lambda s: int(str(s).split("/")[0])))
+        group = group.assign(shard_index=group["shard"].map(shard_index))
         group = group.sort_values(["shard_index", "sample_id"])
         env = group["environment"].iloc[0]
         env = json.loads(env) if isinstance(env, str) else (env or {})
