@@ -398,12 +398,11 @@ def _parse_datasets(data: Any, problems: _Problems, base_dir: Path | None) -> li
             if split and task != V2_TASK:
                 problems.add(path, f"difficulty: / length: select LongBench v2 samples; not for {task!r}")
                 continue
-            for k, allowed in (("difficulty", V2_DIFFICULTIES), ("length", V2_LENGTHS)):
-                if k in split and split[k] not in allowed:
-                    problems.add(f"{path}.{k}", f"{split[k]!r} is out of range (allowed: {' | '.join(allowed)})")
-                    split = None
-                    break
-            if split is None:
+            bad = [(k, allowed) for k, allowed in (("difficulty", V2_DIFFICULTIES), ("length", V2_LENGTHS))
+                   if k in split and split[k] not in allowed]
+            for k, allowed in bad:
+                problems.add(f"{path}.{k}", f"{split[k]!r} is out of range (allowed: {' | '.join(allowed)})")
+            if bad:
                 continue
             ctx = kwargs.get("context_length")
             if kind == "synthetic" and isinstance(ctx, int) and ctx < 20:

@@ -131,12 +131,9 @@ def _searcher(spec: SearchSpec, shape: ModelShape):
     sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True,
                                          n_startup_trials=spec.search.n_startup_trials)
     # The start points are enqueued Optuna trials: run first, and they count among the startup ones.
-    start = start_points(spec, shape) or None
-    if spec.multi_objective:
-        search = OptunaSearch(metric=["objective", "avg_bits"], mode=["min", "min"], sampler=sampler,
-                              points_to_evaluate=start)
-    else:
-        search = OptunaSearch(metric="objective", mode="min", sampler=sampler, points_to_evaluate=start)
+    metric, mode = (["objective", "avg_bits"], ["min", "min"]) if spec.multi_objective else ("objective", "min")
+    search = OptunaSearch(metric=metric, mode=mode, sampler=sampler,
+                          points_to_evaluate=start_points(spec, shape) or None)
     return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
 
 

@@ -481,19 +481,19 @@ def parse_search_spec(data: Any, *, source: str = "spec", default_name: str = "s
     for key, allowed in (("dtype", ("float32", "float16", "bfloat16")), ("device", ("auto", "cpu", "cuda"))):
         if key in data and data[key] not in allowed:
             problems.add(key, f"{data[key]!r} is out of range (allowed: {' | '.join(allowed)})")
+    searched = {d.field for d in space}
     for d in space:
         if not d.allocation:
             continue
         kind = d.kv_kind
         high = base.get(f"{kind}_bits_sink_outlier")
-        searched_high = any(x.field == f"{kind}_bits_sink_outlier" for x in space)
-        if high is not None and not searched_high and max(d.values) > high:
+        if high is not None and f"{kind}_bits_sink_outlier" not in searched and max(d.values) > high:
             problems.add(f"space.{d.field}.{d.kind}", f"{max(d.values)} > base {kind}_bits_sink_outlier={high} "
                                                       "(protected tokens/channels never get fewer bits)")
         other = ("head_" if d.kind == "per_layer" else "layer_") + f"{kind}_bits"
-        if other in {x.field for x in space} or base.get(other) is not None:
-            problems.add(f"space.{d.field}", f"searched with {other} {'also searched' if other in {x.field for x in space} else 'set in base'} "
-                                             "(a layer's bits come from one of them)")
+        if other in searched or base.get(other) is not None:
+            how = "also searched" if other in searched else "set in base"
+            problems.add(f"space.{d.field}", f"searched with {other} {how} (a layer's bits come from one of them)")
     _start_problems(problems, search.start, space)
     if max_bits is not None and cls is not None:
         floor = min_avg_bits(base, space, dspec.context_length)
@@ -549,8 +549,9 @@ def _unmeetable(budget: float, floor: float, unit: str) -> str:
 
 
 def model_shape(model_config) -> ModelShape:
-    heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
-    return ModelShape(int(model_config.num_hidden_layers), int(heads))
+    from streamkv.families import kv_heads_of
+
+    return ModelShape(int(model_config.num_hidden_layers), int(kv_heads_of(model_config)))
 
 
 def model_problems(spec: SearchSpec, model_config) -> list[str]:

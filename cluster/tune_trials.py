@@ -33,9 +33,14 @@ from .tune_spec import Dimension, ModelShape, SearchSpec
 
 
 # --- parameters <-> configs --------------------------------------------------------------------------
+def n_groups(dim: Dimension, shape: ModelShape) -> int:
+    """Layer groups of an allocation dimension (one per layer when it names none)."""
+    return min(dim.groups or shape.n_layers, shape.n_layers)
+
+
 def group_params(dim: Dimension, shape: ModelShape) -> list[str]:
     """A per-layer dimension's parameters, one per layer group; per-head: one per group and head."""
-    groups = range(min(dim.groups or shape.n_layers, shape.n_layers))
+    groups = range(n_groups(dim, shape))
     if dim.kind == "per_head":
         return [f"{dim.field}.g{j}.h{h}" for j in groups for h in range(shape.n_kv_heads)]
     return [f"{dim.field}.g{j}" for j in groups]
@@ -69,9 +74,8 @@ def start_points(spec: SearchSpec, shape: ModelShape) -> list[dict[str, Any]]:
                 params[d.field] = point[d.field]
                 continue
             names = group_params(d, shape)
-            n_groups = len(names) // (shape.n_kv_heads if d.kind == "per_head" else 1)
             value = point[d.field]
-            per_group = list(value) if isinstance(value, (list, tuple)) else [value] * n_groups
+            per_group = list(value) if isinstance(value, (list, tuple)) else [value] * n_groups(d, shape)
             if d.kind == "per_head":
                 per_group = [list(e) if isinstance(e, (list, tuple)) else [e] * shape.n_kv_heads for e in per_group]
                 params.update(zip(names, [b for e in per_group for b in e]))
@@ -87,9 +91,8 @@ def trial_settings(spec: SearchSpec, params: dict[str, Any], shape: ModelShape) 
     n_layers = shape.n_layers
     for d in spec.space:
         if d.allocation:
-            n_groups = min(d.groups or n_layers, n_layers)
             # layer i belongs to group i * groups // n_layers: contiguous, sizes differ by <= 1
-            group_of = [i * n_groups // n_layers for i in range(n_layers)]
+            group_of = [i * n_groups(d, shape) // n_layers for i in range(n_layers)]
             if d.kind == "per_head":
                 settings[d.field] = tuple(tuple(int(params[f"{d.field}.g{g}.h{h}"]) for h in range(shape.n_kv_heads))
                                           for g in group_of)
