@@ -57,6 +57,13 @@ def smollm2_available() -> bool:
     return True
 
 
+def assert_problems(found: list[str], expected: list[str]) -> None:
+    """Every expected problem (a prefix) is among `found`, and nothing else is."""
+    for words in expected:
+        assert any(p.startswith(words) for p in found), (words, found)
+    assert len(found) == len(expected), found
+
+
 def load_benchmark(name: str):
     """The script benchmarks/<name>.py as a module (benchmarks/ is a folder of scripts, not a
     package), for tests that call its functions."""

@@ -11,6 +11,7 @@ import yaml
 from cluster.spec import SpecError, SweepSpec, apply_overrides, load_spec, parse_spec
 from streamkv import preset
 from streamkv.methods import Kivi
+from tests.conftest import assert_problems
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -200,6 +201,4 @@ def test_longbench_v2_splits_are_dataset_keys_with_every_problem_listed():
                 "datasets[1].length: '8k+' is out of range (allowed: short | medium | long)",
                 "datasets[2]: difficulty: / length: select LongBench v2 samples; not for 'trec'",
                 "datasets[4].task: task 'longbench_v2@long' already appears in datasets[3].task"]
-    for words in expected:
-        assert any(p.startswith(words) for p in found), (words, found)
-    assert len(found) == len(expected)
+    assert_problems(found, expected)

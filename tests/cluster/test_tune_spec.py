@@ -9,6 +9,7 @@ from cluster.spec import SpecError
 from cluster.tune_spec import ModelShape, min_avg_bits, model_problems, parse_search_spec
 from cluster.tune_trials import group_params, start_points, trial_config, trial_settings
 from streamkv.loading import model_config
+from tests.conftest import assert_problems
 
 GOOD = {
     "model": "tiny-random-llama",
@@ -55,9 +56,7 @@ def test_every_problem_is_listed_with_its_path():
                 "data.holdout_shards: shard(s) [1] are also search shards",
                 "objective: 'bleu' is out of range", "search.num_samples: 0 is out of range",
                 "search.asha.grace_period: 3 > the 2 search shards"]
-    for words in expected:
-        assert any(p.startswith(words) for p in found), (words, found)
-    assert len(found) == len(expected)
+    assert_problems(found, expected)
 
 
 def test_a_budget_no_configuration_can_meet_is_refused_with_its_floor():
@@ -126,9 +125,7 @@ def test_start_points_become_tune_parameters_and_bad_ones_are_listed():
                 "search.start[1].layer_key_bits: [2, 5] is out of range",
                 "search.start[1].layer_value_bits: 2 values for 1 groups",
                 "search.start[2]: missing ema_decay, attention_sink_size, layer_key_bits, layer_value_bits"]
-    for words in expected:
-        assert any(p.startswith(words) for p in found), (words, found)
-    assert len(found) == len(expected)
+    assert_problems(found, expected)
     assert problems_of({**GOOD, "search": {"start": {"chunk_size": 32}}}) == [
         "search.start: {'chunk_size': 32} must be a list of mappings (field -> value)"]
     # a per-layer list without groups must have one value per layer: known once the model is read
@@ -163,9 +160,7 @@ def test_per_head_bits_are_one_parameter_per_layer_group_and_kv_head():
                 "space.head_value_bits: per_layer is for layer_key_bits | layer_value_bits, not head_value_bits",
                 "space.head_key_bits: searched with layer_key_bits also searched",
                 "space.layer_key_bits: searched with head_key_bits also searched"]
-    for words in expected:
-        assert any(p.startswith(words) for p in found), (words, found)
-    assert len(found) == len(expected)
+    assert_problems(found, expected)
     wrong = parse_search_spec({**GOOD, "space": space, "search": {"start": [
         {"ema_decay": 0.9, "head_key_bits": [[2, 3, 2], 2]}]}})
     assert any(p.startswith("search.start[0].head_key_bits: group(s) [0] do not give one value per KV head")

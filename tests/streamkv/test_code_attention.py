@@ -112,15 +112,11 @@ def run_model(model, method, ids, *, fused: bool, window: int, mask=None, steps:
     """Prefill (every chunk through `attend`) + greedy steps; logits of every position and the cache."""
     from streamkv import CompressedCache
 
+    from tests.streamkv.test_history_attention import prefill_and_decode
+
     cache = CompressedCache(method, model.config, model.model.rotary_emb, fused=fused, attention_window=window,
                             blockwise_queries=10**6, code_attention=codes)
-    logits = [model(ids, attention_mask=mask, past_key_values=cache).logits]
-    for _ in range(steps):
-        token = logits[-1][:, -1:].argmax(-1)
-        if mask is not None:
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits.append(model(token, attention_mask=mask, past_key_values=cache).logits)
-    return torch.cat(logits, dim=1), cache
+    return prefill_and_decode(model, cache, ids, mask, steps), cache
 
 
 def packed_methods():

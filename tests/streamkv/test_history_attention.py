@@ -63,6 +63,11 @@ def run(model, method, ids, mask, window, steps=4, queries=10**6):
     """Prefill + greedy steps through one cache: logits of every position, concatenated."""
     cache = CompressedCache(method, model.config, model.model.rotary_emb, attention_window=window,
                             blockwise_queries=queries)
+    return prefill_and_decode(model, cache, ids, mask, steps)
+
+
+def prefill_and_decode(model, cache, ids, mask, steps):
+    """Logits of the prompt and of `steps` greedy tokens through `cache`, concatenated."""
     logits = [model(ids, attention_mask=mask, past_key_values=cache).logits]
     for _ in range(steps):
         token = logits[-1][:, -1:].argmax(-1)
